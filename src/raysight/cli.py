@@ -1,0 +1,159 @@
+"""The ``raysight`` command: run, validate, plan, schema.
+
+Precedence: defaults < spec file < ``--set a.b=value``. Expected failures (a bad spec, a bad
+output path, a model that cannot load) print a clear message and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .spec.load import SpecError, load_spec
+from .spec.models import Spec
+
+__all__ = ["main"]
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="spec file (.yaml / .yml / .json)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set output.path=out/x (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="raysight", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run a spec and write its dataset")
+    _add_spec_args(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset of a different spec at output.path")
+    p.add_argument("--local", action="store_true",
+                   help="run in this process instead of a Ray actor (execution.runner=local)")
+    p.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else local Ray)")
+    p = sub.add_parser("validate", help="check a spec (and, unless --no-model, its sites)")
+    _add_spec_args(p)
+    p.add_argument("--no-model", action="store_true",
+                   help="check the spec alone: instant, no torch import")
+    p = sub.add_parser("plan", help="resolve sites on the meta model; print schema and sizes")
+    _add_spec_args(p)
+    p = sub.add_parser("schema", help="print the spec's JSON Schema")
+    p.add_argument("--indent", type=int, default=2)
+    return ap
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from .data.readers import DataError
+    from .engine.ray_runner import ClusterError
+    from .engine.run import OutputError
+    from .interleave.interleaver import OpError
+    from .interleave.resolve import PlanError
+    from .interleave.values import ValueError_
+    from .models.bundled import BundledError
+    from .models.loading import ModelLoadError
+
+    return (DataError, ClusterError, OutputError, OpError, PlanError, ValueError_,
+            ModelLoadError, BundledError)
+
+
+def _plan(spec: Spec) -> dict[str, Any]:
+    import pyarrow as pa
+
+    from .data.batching import encode
+    from .data.readers import read_rows
+    from .engine.plan import make_plan
+    from .models.loading import load_model
+
+    rows, bad, total = read_rows(spec.data)
+    meta = load_model(spec.model, meta=True)
+    id_type = pa.string() if rows and isinstance(rows[0].example_id, str) else pa.int64()
+    sample = rows[0].payload if rows and spec.data.input_field else None
+    plan = make_plan(spec, sample, id_type, loaded=meta)
+    if meta.tokenizer is not None and rows:
+        lengths = [len(e.ids) for e in encode(meta.tokenizer, rows, spec.data.max_length,
+                                              spec.data.add_special_tokens)]
+    else:
+        lengths = [1] * len(rows)
+    tokens = sum(lengths)
+    per_token = spec.output.layout == "per_token"
+    out_rows = tokens if per_token else len(rows)
+    total_bytes = sum(plan.row_bytes(n) for n in lengths)
+    return {
+        "model": {"kind": plan.model_kind, "architecture": plan.architecture},
+        "stop_after": plan.hooks.stop_event[1] if plan.hooks.stop_event else None,
+        "columns": [{"name": c.name, "site": c.site, "dtype": c.dtype,
+                     "shape": ["tokens" if d is None else d for d in c.shape]}
+                    for c in plan.columns],
+        "input_rows": total, "rows_with_errors": len(bad), "tokens": tokens,
+        "output_rows": out_rows,
+        "bytes_per_row": round(total_bytes / max(out_rows, 1)),
+        "estimated_bytes": round(total_bytes),
+        "schema": plan.schema.to_string(show_schema_metadata=False, show_field_metadata=False),
+    }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        print(json.dumps(Spec.model_json_schema(by_alias=True), indent=args.indent))
+        return 0
+    try:
+        spec = load_spec(args.spec, args.overrides)
+        if args.command == "validate" and args.no_model:
+            print(f"{args.spec}: spec OK (sites not checked against the model)")
+            return 0
+        return _dispatch(args, spec)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if isinstance(e, _expected_errors()):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
+    if args.command == "validate":
+        info = _plan(spec)
+        print(f"{args.spec}: OK — {len(info['columns'])} column(s) on a "
+              f"{info['model']['architecture'] or info['model']['kind']} model")
+        return 0
+    if args.command == "plan":
+        info = _plan(spec)
+        print(f"model: {info['model']['architecture'] or info['model']['kind']}; forward stops "
+              f"after: {info['stop_after'] or '(runs to the end)'}")
+        print("columns:")
+        for c in info["columns"]:
+            print(f"  {c['name']:<28} {c['dtype']:<9} {c['shape']}  <- {c['site']}")
+        print(f"input rows: {info['input_rows']} ({info['rows_with_errors']} unusable), "
+              f"tokens: {info['tokens']}, output rows: {info['output_rows']}")
+        print(f"size: ~{_human(info['bytes_per_row'])} per row, "
+              f"~{_human(info['estimated_bytes'])} in all")
+        print("schema:\n  " + info["schema"].replace("\n", "\n  "))
+        return 0
+    from .engine.run import run
+
+    if args.local:
+        spec = spec.model_copy(update={"execution": spec.execution.model_copy(
+            update={"runner": "local"})})
+    if args.address:
+        import os
+
+        os.environ["RAY_ADDRESS"] = args.address
+    run(spec, overwrite=args.overwrite)  # logs progress and the summary to stderr
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

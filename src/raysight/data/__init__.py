@@ -1,0 +1,1 @@
+"""Input rows, tokenization and token-budget batching."""

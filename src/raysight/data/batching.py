@@ -1,0 +1,96 @@
+"""Tokenization and token-budget batching.
+
+Rows are sorted by length and packed so that rows × padded length stays within the budget: little
+padding, and a row's results do not depend on its neighbours (the interleaver guarantees that).
+Causal LMs are left-padded with position_ids derived from the attention mask, so a padded row sees
+the same positions as the row run alone (the bug nnsight #672 hit with GPT-2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Batch", "Encoded", "collate", "encode", "pack"]
+
+
+@dataclass
+class Encoded:
+    example_id: Any
+    ids: list[int]
+    text: str | None = None
+    truncated: bool = False
+
+
+@dataclass
+class Batch:
+    example_ids: list[Any]
+    inputs: dict[str, torch.Tensor]  # keyword arguments for the model's forward
+    starts: list[int]  # index of each row's first real token in the padded sequence
+    lengths: list[int]  # real tokens per row (1 for tensor models)
+    token_ids: list[list[int]] | None  # real token ids per row
+    texts: list[str | None]
+
+    @property
+    def size(self) -> int:
+        return len(self.example_ids)
+
+    @property
+    def padded_length(self) -> int:
+        return max(self.starts[i] + self.lengths[i] for i in range(self.size)) if self.size else 0
+
+
+def encode(tokenizer: Any, rows: list[Any], max_length: int, add_special: bool) -> list[Encoded]:
+    """Tokenize without padding; records which rows were truncated."""
+    texts = [r.payload for r in rows]
+    ids = tokenizer(texts, add_special_tokens=add_special, truncation=False)["input_ids"]
+    out = []
+    for row, toks in zip(rows, ids):
+        out.append(Encoded(row.example_id, list(toks[:max_length]), row.payload,
+                           len(toks) > max_length))
+    return out
+
+
+def pack(lengths: list[int], batch_tokens: int, max_rows: int) -> list[list[int]]:
+    """Group row indices into batches: longest first, each within the token budget.
+
+    A row longer than the budget still runs, alone.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]
+        if cur and ((len(cur) + 1) * width > batch_tokens or len(cur) >= max_rows):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def collate(items: list[Encoded], pad_id: int, side: str, causal: bool) -> Batch:
+    width = max(len(e.ids) for e in items)
+    n = len(items)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    starts = []
+    for b, e in enumerate(items):
+        start = width - len(e.ids) if side == "left" else 0
+        ids[b, start : start + len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+        mask[b, start : start + len(e.ids)] = 1
+        starts.append(start)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if causal:
+        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(
+        example_ids=[e.example_id for e in items],
+        inputs=inputs,
+        starts=starts,
+        lengths=[len(e.ids) for e in items],
+        token_ids=[e.ids for e in items],
+        texts=[e.text for e in items],
+    )

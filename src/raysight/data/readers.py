@@ -1,0 +1,126 @@
+"""Read input rows (jsonl, parquet, txt or inline prompts) and check each one.
+
+A bad row never stops the run: it becomes a :class:`RowError` naming the row and the reason,
+written to the dataset's error report, and every other row goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..spec.models import DataSpec
+
+__all__ = ["DataError", "Row", "RowError", "read_rows"]
+
+
+class DataError(ValueError):
+    """The input as a whole cannot be read (missing file, unknown format, duplicate ids)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    index: int  # position in the input; shards are ranges of it
+    example_id: Any  # the index, or the id column's value
+    payload: Any  # text, or a numeric list for tensor models
+
+
+@dataclass(frozen=True)
+class RowError:
+    index: int
+    example_id: Any
+    reason: str
+
+
+def _records(spec: DataSpec, base: Path) -> list[Any]:
+    if spec.prompts is not None:
+        return list(spec.prompts)
+    path = Path(spec.source)  # type: ignore[arg-type]
+    if not path.is_absolute() and not path.exists():
+        path = base / path
+    if not path.exists():
+        raise DataError(f"data.source {spec.source!r}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return path.read_text(encoding="utf-8").splitlines()
+    if suffix in (".jsonl", ".ndjson"):
+        out = []
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    out.append(_Unreadable(f"line {n} is not valid JSON: {e.msg}"))
+        return out
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise DataError(f"data.source {spec.source!r}: unknown format {suffix!r} (jsonl, parquet, txt)")
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    reason: str
+
+
+def _field(rec: Any, name: str) -> tuple[bool, Any]:
+    if isinstance(rec, dict):
+        return name in rec, rec.get(name)
+    return False, None
+
+
+def read_rows(spec: DataSpec, base: str | Path = ".") -> tuple[list[Row], list[RowError], int]:
+    """Usable rows and unusable rows (with reasons), in input order, and the input row count."""
+    records = _records(spec, Path(base))
+    if spec.limit is not None:
+        records = records[: spec.limit]
+    rows: list[Row] = []
+    errors: list[RowError] = []
+    seen: dict[Any, int] = {}
+    for i, rec in enumerate(records):
+        eid: Any = i
+        if spec.id_field is not None:
+            has, eid = _field(rec, spec.id_field)
+            if not has or not isinstance(eid, (int, str)) or isinstance(eid, bool):
+                raise DataError(
+                    f"row {i}: data.id_field {spec.id_field!r} is missing or not an int/string"
+                )
+            if eid in seen:
+                raise DataError(f"rows {seen[eid]} and {i} share the id {eid!r} (data.id_field)")
+            seen[eid] = i
+        if isinstance(rec, _Unreadable):
+            errors.append(RowError(i, eid, rec.reason))
+            continue
+        problem, payload = _payload(spec, rec)
+        if problem:
+            errors.append(RowError(i, eid, problem))
+        else:
+            rows.append(Row(i, eid, payload))
+    if spec.id_field is not None and len({type(r.example_id) for r in rows}) > 1:
+        raise DataError(f"data.id_field {spec.id_field!r} mixes ints and strings")
+    return rows, errors, len(records)
+
+
+def _payload(spec: DataSpec, rec: Any) -> tuple[str | None, Any]:
+    if spec.input_field is not None:
+        has, val = _field(rec, spec.input_field)
+        if not has:
+            return f"no field {spec.input_field!r} (data.input_field)", None
+        if not isinstance(val, list) or not val:
+            return f"field {spec.input_field!r} must be a non-empty list of numbers", None
+        return None, val
+    text = rec
+    if spec.prompts is None and not isinstance(rec, str):
+        has, text = _field(rec, spec.text_field)
+        if not has:
+            return f"no field {spec.text_field!r} (data.text_field)", None
+    if not isinstance(text, str):
+        return f"text is {type(text).__name__}, not a string", None
+    if not text.strip():
+        return "text is empty", None
+    return None, text

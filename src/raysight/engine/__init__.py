@@ -1,0 +1,1 @@
+"""Planning and execution: shards, workers, local and Ray runners."""

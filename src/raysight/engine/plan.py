@@ -1,0 +1,132 @@
+"""Plan a run without loading weights: resolve every site on the meta-device model, infer each
+column's per-row shape and dtype by running the interleaver itself on meta tensors at two
+sequence lengths (a dimension that changes is the token dimension), and build the Arrow schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from ..data.batching import Batch
+from ..interleave.interleaver import Interleaver, OpError
+from ..interleave.resolve import HookPlan, ModuleTree, PlanError, resolve, trace_tree
+from ..interleave.selectors import SelectError
+from ..models.loading import LoadedModel, load_model, meta_safe
+from ..spec.models import Spec
+from ..writers.encode import ColumnInfo, arrow_field
+
+__all__ = ["RunPlan", "make_plan", "identity_fields"]
+
+
+@dataclass
+class RunPlan:
+    spec: Spec
+    hooks: HookPlan
+    tree: ModuleTree
+    columns: list[ColumnInfo]
+    schema: pa.Schema
+    model_kind: str
+    architecture: str | None
+
+    def row_bytes(self, tokens: float) -> float:
+        """Bytes of saved values that one input sequence of ``tokens`` tokens produces."""
+        if self.spec.output.layout == "per_token":  # one sequence makes `tokens` rows
+            return tokens * sum(c.row_bytes(1) for c in self.columns)
+        return sum(c.row_bytes(tokens) for c in self.columns)
+
+
+def _meta_batch(loaded: LoadedModel, sample: Any, length: int) -> Batch:
+    if loaded.kind == "tensor":
+        x = torch.as_tensor(sample, dtype=torch.float32)[None].to("meta")
+        return Batch([0], {"input": x}, [0], [1], None, [None])
+    inputs = {"input_ids": torch.zeros((1, length), dtype=torch.long, device="meta")}
+    if loaded.kind == "causal":
+        inputs["position_ids"] = torch.arange(length, device="meta")[None]
+    return Batch([0], inputs, [0], [length], [[0] * length], [None])
+
+
+def _row_shape(data: Any) -> tuple[tuple[int, ...], torch.dtype]:
+    if torch.is_tensor(data):
+        return tuple(data.shape[1:]), data.dtype
+    return tuple(data[0].shape), data[0].dtype
+
+
+def _infer_columns(spec: Spec, loaded: LoadedModel, hooks: HookPlan, sample: Any) -> list[ColumnInfo]:
+    need = max((max(max(p) + 1, -min(p)) for p in _all_positions(spec)), default=1)
+    lengths = (max(8, need + 2), max(8, need + 2) + 3)
+    runs = []
+    for length in lengths:
+        try:
+            with meta_safe(loaded):
+                runs.append(Interleaver(loaded, hooks).run(_meta_batch(loaded, sample, length)))
+        except (OpError, SelectError) as e:
+            raise PlanError([str(e)]) from None
+        except Exception as e:  # noqa: BLE001 - model code on meta tensors; say what failed
+            raise PlanError([f"model: a meta-device forward with the ops failed ({e})"]) from None
+    where = {s.column: s for s in hooks.saves}
+    problems, cols = [], []
+    for name in hooks.columns:
+        (a, dtype), (b, _) = _row_shape(runs[0][name]), _row_shape(runs[1][name])
+        shape = tuple(x if x == y else None for x, y in zip(a, b))
+        base = name.removesuffix("_ids").removesuffix("_values")
+        act = where.get(name) or where.get(base)
+        if None in shape[1:]:
+            problems.append(f"{act.where}: '{name}' changes shape with the prompt length in "
+                            f"more than its first dimension ({list(a)} vs {list(b)}); select a "
+                            "fixed part of it (positions or an index)")
+            continue
+        col = ColumnInfo(name, str(dtype).removeprefix("torch."), shape, act.target.label)
+        if spec.output.layout == "per_token":
+            if not col.variable:
+                problems.append(f"{act.where}: '{name}' has no token dimension (per-row shape "
+                                f"{list(a)}); output.layout per_token needs one per token")
+                continue
+            col = ColumnInfo(name, col.dtype, col.shape[1:], col.site)
+        cols.append(col)
+    if problems:
+        raise PlanError(problems)
+    return cols
+
+
+def _all_positions(spec: Spec) -> list[list[int]]:
+    return [op.positions for op in [*spec.edits, *spec.ops] if getattr(op, "positions", None)]
+
+
+def identity_fields(spec: Spec, kind: str, id_type: pa.DataType) -> list[pa.Field]:
+    fields = [pa.field("example_id", id_type, nullable=False)]
+    if spec.output.layout == "per_token":
+        fields += [pa.field("position", pa.int32(), nullable=False),
+                   pa.field("token_id", pa.int32(), nullable=False)]
+    elif kind != "tensor":
+        fields += [pa.field("n_tokens", pa.int32(), nullable=False),
+                   pa.field("input_ids", pa.large_list(pa.int32()), nullable=False)]
+    if spec.output.include_text and kind != "tensor":
+        fields.append(pa.field("text", pa.large_string(), nullable=False))
+    return fields
+
+
+def make_plan(
+    spec: Spec,
+    sample: Any = None,
+    id_type: pa.DataType | None = None,
+    loaded: LoadedModel | None = None,
+) -> RunPlan:
+    """Resolve and shape-check ``spec`` on the meta-device model; raises PlanError."""
+    meta = loaded or load_model(spec.model, meta=True)
+    if meta.kind == "tensor" and sample is None:
+        raise PlanError(["model.factory models take tensors: set data.input_field"])
+    if meta.kind != "tensor" and spec.data.input_field:
+        raise PlanError(["data.input_field is for model.factory models; this model takes text"])
+    try:
+        tree = trace_tree(meta, sample)
+    except Exception as e:  # noqa: BLE001 - any model code may fail here; say where
+        raise PlanError([f"model: a forward pass on the meta device failed ({e})"]) from None
+    hooks = resolve(spec, meta, tree)
+    cols = _infer_columns(spec, meta, hooks, sample)
+    fields = identity_fields(spec, meta.kind, id_type or pa.int64())
+    schema = pa.schema([*fields, *(arrow_field(c) for c in cols)])
+    return RunPlan(spec, hooks, tree, cols, schema, meta.kind, meta.names.architecture)

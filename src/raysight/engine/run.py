@@ -1,0 +1,177 @@
+"""Run a spec end to end: check the output directory, write the resolved spec, plan, split the
+input into shards, run the shards (in this process or on a Ray actor), and keep the manifest.
+
+A rerun of the same spec on the same output skips finished shards; a different spec is refused
+unless ``overwrite`` is given; a directory that is not a raysight dataset is never deleted.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .. import __version__
+from ..data.readers import Row, RowError, read_rows
+from ..spec.load import spec_hash, spec_to_dict
+from ..spec.models import Spec
+from ..writers.manifest import (
+    ERRORS_FILE,
+    MANIFEST_FILE,
+    SPEC_FILE,
+    append_errors,
+    read_manifest,
+    write_json_atomic,
+)
+from .plan import RunPlan, make_plan
+from .worker import ShardResult, ShardRunner
+
+__all__ = ["OutputError", "RunSummary", "run"]
+
+
+class OutputError(RuntimeError):
+    """The output path cannot be used (a file, a foreign directory, another spec's dataset)."""
+
+
+@dataclass
+class RunSummary:
+    path: str
+    shards: int
+    shards_run: int
+    examples: int
+    rows: int
+    tokens: int
+    errors: int
+    seconds: float
+
+    def __str__(self) -> str:
+        tps = self.tokens / self.seconds if self.seconds else 0.0
+        return (f"{self.path}: {self.examples} examples -> {self.rows} rows in {self.shards} "
+                f"shard(s) ({self.shards_run} run now), {self.errors} row error(s), "
+                f"{self.tokens} tokens in {self.seconds:.1f} s ({tps:,.0f} tokens/s)")
+
+
+def _versions() -> dict[str, str]:
+    import ray
+    import torch
+    import transformers
+
+    return {"raysight": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "pyarrow": pa.__version__, "ray": ray.__version__}
+
+
+def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] | None:
+    """The existing manifest to resume from, or None for a fresh start."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output.path {str(out)!r} is a file, not a directory")
+    manifest = read_manifest(out) if out.exists() else None
+    if manifest is None:
+        if out.exists() and any(p for p in out.iterdir() if p.name != SPEC_FILE):
+            raise OutputError(f"output.path {str(out)!r} exists, is not empty and holds no "
+                              "raysight dataset; choose another path (nothing was deleted)")
+        return None
+    if manifest.get("spec_hash") == digest:
+        return manifest
+    if not overwrite:
+        raise OutputError(
+            f"output.path {str(out)!r} holds a dataset of a different spec (hash "
+            f"{manifest.get('spec_hash')} vs {digest}); use another path or --overwrite"
+        )
+    for p in out.iterdir():
+        if p.name.startswith(("part-", ".part-")) or p.name in (MANIFEST_FILE, ERRORS_FILE):
+            p.unlink() if p.is_file() else shutil.rmtree(p)
+    return None
+
+
+def _shards(total: int, size: int, rows: list[Row], errs: list[RowError]) -> Iterator[tuple]:
+    for k in range(max(1, -(-total // size))):
+        lo, hi = k * size, (k + 1) * size
+        yield (k, [r for r in rows if lo <= r.index < hi],
+               [(e.example_id, e.reason) for e in errs if lo <= e.index < hi])
+
+
+def run(
+    spec: Spec,
+    *,
+    overwrite: bool = False,
+    base_dir: str | Path = ".",
+    log: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """Run ``spec``; returns a summary. Raises SpecError/PlanError/OutputError/DataError."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    out = Path(spec.output.path)
+    digest = spec_hash(spec)
+    previous = _prepare_output(out, digest, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_data = spec_to_dict(spec)
+    write_json_atomic(out / SPEC_FILE, {"spec_hash": digest, "spec": spec_data})
+
+    rows, bad, total = read_rows(spec.data, base_dir)
+    id_type = "string" if rows and isinstance(rows[0].example_id, str) else "int64"
+    sample = rows[0].payload if rows and spec.data.input_field else None
+    plan = make_plan(spec, sample, pa.type_for_alias(id_type))
+    manifest = previous or {
+        "format": "raysight-dataset/1", "spec_hash": digest, "spec": spec_data,
+        "versions": _versions(), "model": {"kind": plan.model_kind,
+                                           "architecture": plan.architecture},
+        "layout": spec.output.layout, "format_files": spec.output.format,
+        "columns": [asdict(c) for c in plan.columns],
+        "schema": plan.schema.to_string(show_schema_metadata=False),
+        "input_rows": total, "shards": {},
+    }
+    write_json_atomic(out / MANIFEST_FILE, manifest)
+
+    todo = []
+    for k, shard_rows, shard_errs in _shards(total, spec.execution.shard_rows, rows, bad):
+        entry = manifest["shards"].get(str(k))
+        if entry and entry.get("status") == "done" and (out / entry["file"]).exists():
+            continue
+        todo.append((k, shard_rows, shard_errs))
+    n_shards = max(1, -(-total // spec.execution.shard_rows))
+    log(f"raysight: {total} input rows, {n_shards} shard(s), {len(todo)} to run -> {out}")
+
+    def done(res: ShardResult, read_errors: list[tuple[Any, str]]) -> None:
+        errors = read_errors + res.errors
+        append_errors(out, res.shard, errors)
+        manifest["shards"][str(res.shard)] = {
+            "status": "done", "file": res.file, "rows": res.rows, "examples": res.examples,
+            "tokens": res.tokens, "padded_tokens": res.padded_tokens,
+            "truncated": res.truncated, "errors": len(errors), "seconds": round(res.seconds, 3),
+        }
+        write_json_atomic(out / MANIFEST_FILE, manifest)
+        tps = res.tokens / res.seconds if res.seconds else 0
+        log(f"  shard {res.shard}: {res.examples} examples, {res.rows} rows, {len(errors)} "
+            f"error(s), {res.seconds:.1f} s ({tps:,.0f} tokens/s)")
+
+    if todo:
+        _execute(spec, spec_data, plan, id_type, sample, todo, done)
+    shards = manifest["shards"].values()
+    summary = RunSummary(
+        str(out), n_shards, len(todo), sum(s["examples"] for s in shards),
+        sum(s["rows"] for s in shards), sum(s["tokens"] for s in shards),
+        sum(s["errors"] for s in shards), time.perf_counter() - t0,
+    )
+    log(f"raysight: done. {summary}")
+    return summary
+
+
+def _execute(spec: Spec, spec_data: dict, plan: RunPlan, id_type: str, sample: Any,
+             todo: list[tuple], done: Callable) -> None:
+    ex = spec.execution
+    if ex.runner == "local":
+        runner = ShardRunner(spec_data, id_type, sample, None)
+        for k, shard_rows, errs in todo:
+            done(runner.run_shard(k, shard_rows), errs)
+        return
+    from .ray_runner import run_on_ray
+
+    run_on_ray(spec, spec_data, id_type, sample, todo, done)

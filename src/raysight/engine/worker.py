@@ -1,0 +1,153 @@
+"""Run shards: tokenize, batch by token budget, interleave, write one file per shard.
+
+:class:`ShardRunner` holds one model replica. The same class runs in the driver process
+(``execution.runner: local``) and inside a Ray actor (``runner: ray``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from ..data.batching import Batch, Encoded, collate, encode, pack
+from ..data.readers import Row
+from ..interleave.interleaver import Interleaver, OpError
+from ..models.loading import load_model
+from ..spec.load import parse_spec
+from ..writers.encode import encode_column
+from ..writers.shard import ShardWriter
+from .plan import make_plan
+
+__all__ = ["ShardResult", "ShardRunner"]
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    file: str | None
+    rows: int  # output rows written (tokens in per_token layout)
+    examples: int
+    tokens: int
+    padded_tokens: int
+    truncated: int
+    seconds: float
+    errors: list[tuple[Any, str]] = field(default_factory=list)
+
+
+class ShardRunner:
+    def __init__(self, spec_data: dict[str, Any], id_type: str, sample: Any, threads: int | None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.spec = parse_spec(spec_data)
+        self.loaded = load_model(self.spec.model)
+        meta = load_model(self.spec.model, meta=True)
+        self.plan = make_plan(self.spec, sample, pa.type_for_alias(id_type), loaded=meta)
+        self.interleaver = Interleaver(self.loaded, self.plan.hooks)
+        self.out = Path(self.spec.output.path)
+
+    def ready(self) -> bool:
+        return True
+
+    # -------------------------------------------------------------- inputs
+    def _encode(self, rows: list[Row]) -> list[Encoded]:
+        if self.loaded.kind == "tensor":
+            return [Encoded(r.example_id, [0]) for r in rows]
+        d = self.spec.data
+        return encode(self.loaded.tokenizer, rows, d.max_length, d.add_special_tokens)
+
+    def _min_tokens(self) -> int:
+        pos = [p for op in [*self.spec.edits, *self.spec.ops]
+               for p in (getattr(op, "positions", None) or [])]
+        return max([1, *(max(p + 1, -p) for p in pos)])
+
+    def _collate(self, items: list[Encoded], rows: dict[Any, Row]) -> Batch:
+        if self.loaded.kind == "tensor":
+            xs = [torch.as_tensor(rows[e.example_id].payload, dtype=torch.float32) for e in items]
+            n = len(items)
+            return Batch([e.example_id for e in items], {"input": torch.stack(xs)},
+                         [0] * n, [1] * n, None, [None] * n)
+        tok = self.loaded.tokenizer
+        return collate(items, tok.pad_token_id, self.loaded.padding_side,
+                       self.loaded.kind == "causal")
+
+    # -------------------------------------------------------------- output
+    def _record_batch(self, batch: Batch, values: dict[str, Any]) -> pa.RecordBatch:
+        spec = self.spec
+        cols: dict[str, Any] = {}
+        ids = batch.example_ids
+        if spec.output.layout == "per_token":
+            cols["example_id"] = [eid for eid, n in zip(ids, batch.lengths) for _ in range(n)]
+            cols["position"] = [p for n in batch.lengths for p in range(n)]
+            cols["token_id"] = [t for toks in batch.token_ids or [] for t in toks]
+            if spec.output.include_text:
+                cols["text"] = [t for t, n in zip(batch.texts, batch.lengths) for _ in range(n)]
+        else:
+            cols["example_id"] = ids
+            if self.loaded.kind != "tensor":
+                cols["n_tokens"] = batch.lengths
+                cols["input_ids"] = batch.token_ids
+                if spec.output.include_text:
+                    cols["text"] = batch.texts
+        arrays = []
+        for f in self.plan.schema:
+            if f.name in cols:
+                arrays.append(pa.array(cols[f.name], type=f.type))
+        for col in self.plan.columns:
+            data = values[col.name]
+            if spec.output.layout == "per_token":
+                data = torch.cat(list(data)) if not torch.is_tensor(data) else data.flatten(0, 1)
+            arrays.append(encode_column(col, data))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.plan.schema)
+
+    # -------------------------------------------------------------- run
+    def run_shard(self, shard: int, rows: list[Row]) -> ShardResult:
+        t0 = time.perf_counter()
+        ex = self.spec.execution
+        by_id = {r.example_id: r for r in rows}
+        errors: list[tuple[Any, str]] = []
+        items = []
+        need = self._min_tokens()
+        for e in self._encode(rows):
+            if not e.ids:
+                errors.append((e.example_id, "the text tokenizes to no tokens"))
+            elif self.loaded.kind != "tensor" and len(e.ids) < need:
+                errors.append((e.example_id, f"{len(e.ids)} tokens, but the ops' positions "
+                               f"need at least {need}"))
+            else:
+                items.append(e)
+        writer = ShardWriter(self.out, shard, self.plan.schema, self.spec.output.format,
+                             self.spec.output.compression, self.spec.output.row_group_bytes)
+        writer.start()
+        tokens = padded = examples = 0
+        try:
+            for group in pack([len(e.ids) for e in items], ex.batch_tokens, ex.max_batch_rows):
+                for batch, values in self._run_group([items[i] for i in group], by_id, errors):
+                    writer.write(self._record_batch(batch, values))
+                    examples += batch.size
+                    tokens += sum(batch.lengths)
+                    padded += batch.size * batch.padded_length
+            path = writer.commit()
+        except BaseException:
+            writer.fail()
+            raise
+        truncated = sum(e.truncated for e in items)
+        return ShardResult(shard, path.name, writer.rows, examples, tokens, padded, truncated,
+                           time.perf_counter() - t0, errors)
+
+    def _run_group(self, group: list[Encoded], rows: dict[Any, Row], errors: list) -> Any:
+        """Run one batch; if an op fails on it, run its rows alone so only bad rows are lost."""
+        batch = self._collate(group, rows)
+        try:
+            yield batch, self.interleaver.run(batch)
+            return
+        except OpError as e:
+            if len(group) == 1:
+                errors.append((group[0].example_id, str(e)))
+                return
+        for item in group:
+            yield from self._run_group([item], rows, errors)

@@ -1,0 +1,1 @@
+"""The hook-based interleaver: resolve ops to hooks, apply them per row, stop early."""

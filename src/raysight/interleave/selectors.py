@@ -1,0 +1,107 @@
+"""From a hooked value to one row's value, and back.
+
+A hooked value holds the whole batch. The *row view* of row b is what nnsight would show for that
+prompt run alone: the batch dimension kept (size 1) and the padding cut off the sequence dimension
+(dim 1 of a tensor whose dim 1 is the padded length). Index selectors apply to the row view, so
+``[:, -1]`` is the row's last real token whatever the padding side; a selector that picks along
+the batch dimension is refused, because rows are batched arbitrarily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..spec.sites import IndexItem, Slice
+
+__all__ = [
+    "SelectError",
+    "abs_positions",
+    "container_get",
+    "container_set",
+    "split_index",
+    "to_torch_index",
+]
+
+
+class SelectError(ValueError):
+    """A selector does not fit the value it is applied to."""
+
+
+def split_index(
+    index: tuple[tuple[IndexItem, ...], ...], value: Any, primary: bool
+) -> tuple[tuple[int, ...], tuple[tuple[IndexItem, ...], ...]]:
+    """Split index groups into a container path (ints into tuples/lists) and tensor selectors.
+
+    ``primary`` (standardized names) first picks element 0 of a tuple output, so the meaning of
+    ``layers.N.output`` does not change with the transformers version.
+    """
+    path: list[int] = []
+    node = value
+    if primary and isinstance(node, (tuple, list)):
+        path.append(0)
+        node = node[0]
+    groups = list(index)
+    while groups and isinstance(node, (tuple, list)):
+        group = groups.pop(0)
+        if len(group) != 1 or not isinstance(group[0], int):
+            raise SelectError(f"the value is a {type(node).__name__}; pick an element with [k]")
+        k = group[0]
+        if not -len(node) <= k < len(node):
+            raise SelectError(f"index [{k}] is out of range for a {len(node)}-element tuple")
+        path.append(k % len(node))
+        node = node[k]
+    if isinstance(node, dict):
+        raise SelectError("the value is a dict of keyword arguments; it cannot be saved or set")
+    if not torch.is_tensor(node):
+        raise SelectError(f"the value is {type(node).__name__}, not a tensor")
+    return tuple(path), tuple(groups)
+
+
+def container_get(value: Any, path: tuple[int, ...]) -> Any:
+    for k in path:
+        value = value[k]
+    return value
+
+
+def container_set(value: Any, path: tuple[int, ...], new: Any) -> Any:
+    """A copy of the container with the element at ``path`` replaced (tuples are immutable)."""
+    if not path:
+        return new
+    k, rest = path[0], path[1:]
+    items = list(value)
+    items[k] = container_set(items[k], rest, new)
+    return tuple(items) if isinstance(value, tuple) else items
+
+
+def to_torch_index(group: tuple[IndexItem, ...], rank: int, where: str) -> tuple[Any, ...]:
+    """Convert a selector group, checking it keeps the batch dimension (dim 0) whole."""
+    items: list[Any] = []
+    for it in group:
+        items.append(slice(it.start, it.stop, it.step) if isinstance(it, Slice) else it)
+    first = items[0] if items else slice(None)
+    if first is not ... and first != slice(None):
+        raise SelectError(
+            f"{where}: the first index item selects along the batch dimension; rows are "
+            "batched, so write ':' there (e.g. [:, -1] for the last token). "
+            "On transformers 5.x a layer's output is a tensor: output[0] picks batch row 0"
+        )
+    n_real = sum(1 for i in items if i is not None and i is not ...)
+    if n_real > rank:
+        raise SelectError(f"{where}: {n_real} indices for a value with {rank} dimensions")
+    return tuple(items)
+
+
+def abs_positions(
+    positions: list[int], starts: list[int], lengths: list[int], device: torch.device
+) -> torch.Tensor:
+    """[rows, len(positions)] indices into the padded sequence for positions among real tokens.
+
+    Callers check lengths first; out-of-range positions are row errors, reported before the
+    forward pass.
+    """
+    pos = torch.tensor(positions, dtype=torch.long)
+    n = torch.tensor(lengths, dtype=torch.long)[:, None]
+    s = torch.tensor(starts, dtype=torch.long)[:, None]
+    return (s + torch.where(pos < 0, pos + n, pos)).to(device)

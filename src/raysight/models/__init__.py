@@ -1,0 +1,1 @@
+"""Model loading (HF dirs, GGUF, bundled packages, import paths) and standardized names."""

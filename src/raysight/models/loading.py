@@ -1,0 +1,168 @@
+"""Load the model a spec names: an HF directory (safetensors or GGUF), a bundled model, or any
+``torch.nn.Module`` from an import path. ``meta=True`` builds the same module tree with no
+weights, for validation and planning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..spec.models import ModelSpec
+from .bundled import resolve_bundled
+from .names import NameTable
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "meta_safe", "pick_device"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    """The model (or its tokenizer) could not be loaded; the message says which and why."""
+
+
+@dataclass
+class LoadedModel:
+    module: torch.nn.Module
+    tokenizer: Any | None
+    kind: str  # "causal" | "encoder" | "tensor"
+    names: NameTable
+    device: torch.device
+    model_type: str | None
+    padding_side: str
+
+    @property
+    def module_names(self) -> list[str]:
+        return [n for n, _ in self.module.named_modules()]
+
+
+@contextmanager
+def meta_safe(loaded: LoadedModel) -> Iterator[None]:
+    """Let a meta-device forward through HF code that would call ``.item()``.
+
+    HF's padding check reads ``config.pad_token_id`` against the ids; meta tensors have no values,
+    so the check is switched off for the duration (it only warns anyway).
+    """
+    config = getattr(loaded.module, "config", None)
+    pad = getattr(config, "pad_token_id", None)
+    if pad is None or loaded.device.type != "meta":
+        yield
+        return
+    config.pad_token_id = None
+    try:
+        yield
+    finally:
+        config.pad_token_id = pad
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device {requested!r}: no CUDA device is visible here")
+    return dev
+
+
+def load_model(spec: ModelSpec, *, meta: bool = False, device: str | None = None) -> LoadedModel:
+    """Load (or, with ``meta``, only build) the model; eval mode, no parameter gradients."""
+    dev = torch.device("meta") if meta else pick_device(device or spec.device)
+    if spec.factory:
+        module, tok, kind, mtype = _from_factory(spec, dev), None, "tensor", None
+    else:
+        module, tok, kind, mtype = _from_hf(spec, dev, meta)
+    module.eval().requires_grad_(False)
+    side = spec.padding_side
+    if side == "auto":
+        side = "left" if kind == "causal" else "right"
+    if tok is not None:
+        tok.padding_side = side
+    names = NameTable(mtype, {n for n, _ in module.named_modules()})
+    return LoadedModel(module, tok, kind, names, dev, mtype, side)
+
+
+def _from_factory(spec: ModelSpec, dev: torch.device) -> torch.nn.Module:
+    mod_name, _, attr = spec.factory.partition(":")  # type: ignore[union-attr]
+    try:
+        obj: Any = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ModelLoadError(f"model.factory {spec.factory!r}: {e}") from None
+    with torch.device(dev):
+        module = obj(**spec.factory_kwargs)
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(
+            f"model.factory {spec.factory!r} returned {type(module).__name__}, not a torch.nn.Module"
+        )
+    return module.to(dtype=_DTYPES.get(spec.dtype, torch.float32))
+
+
+def _hf_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.gguf_file:
+        kw["gguf_file"] = spec.gguf_file
+    if spec.revision:
+        kw["revision"] = spec.revision
+    return kw
+
+
+def _model_class(config: Any) -> tuple[Any, str]:
+    import transformers
+
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            causal = arch.endswith(("ForCausalLM", "LMHeadModel"))
+            return cls, "causal" if causal else "encoder"
+    if getattr(config, "is_encoder_decoder", False) or not getattr(config, "is_decoder", True):
+        return transformers.AutoModel, "encoder"
+    return transformers.AutoModelForCausalLM, "causal"
+
+
+def _from_hf(spec: ModelSpec, dev: torch.device, meta: bool):
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = spec.path or ""
+    try:
+        if path.startswith("bundled:"):
+            path = resolve_bundled(path)
+        kw = _hf_kwargs(spec)
+        config = AutoConfig.from_pretrained(path, **kw)
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise ModelLoadError(f"model.path {spec.path!r}: cannot read a model config: {e}") from None
+    cls, kind = _model_class(config)
+    dtype = None if spec.dtype == "auto" else _DTYPES[spec.dtype]
+    if meta:
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        with torch.device("meta"):
+            module = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+        if dtype is not None:
+            module = module.to(dtype)
+    else:
+        load_kw: dict[str, Any] = dict(kw, dtype=dtype or "auto")
+        if spec.device_map:
+            load_kw["device_map"] = spec.device_map
+        try:
+            module = cls.from_pretrained(path, **load_kw)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"model.path {spec.path!r}: cannot load weights: {e}") from None
+        if not spec.device_map:
+            module = module.to(dev)
+    tok = None
+    try:
+        tok_kw = kw if spec.tokenizer is None else {"trust_remote_code": spec.trust_remote_code}
+        tok = AutoTokenizer.from_pretrained(spec.tokenizer or path, **tok_kw)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load a tokenizer from {spec.tokenizer or path!r}: {e}") from None
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelLoadError("the tokenizer has neither a pad nor an eos token to pad with")
+        tok.pad_token = tok.eos_token
+    return module, tok, kind, getattr(config, "model_type", None)

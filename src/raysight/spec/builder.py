@@ -1,0 +1,258 @@
+"""Build a spec in Python with nnsight-like syntax; it records ops, it runs nothing.
+
+>>> b = SpecBuilder(model={"path": "models/smollm2"}, data={"prompts": ["Hello"]},
+...                 output={"path": "out/demo"})
+>>> with b.trace() as t:
+...     t.layers[5].output.save("h5", positions=[-1])
+...     t.layers[7].skip(t.layers[6].output)
+...     t.layers[3].mlp.output[:, -1, :] = 0
+...     t.layers[2].output += file("steer.npy", scale=4.0)
+>>> spec = b.spec()            # a validated Spec; spec round-trips through YAML
+
+Module paths are the same strings a YAML spec uses: ``t.layers[5].mlp`` is ``layers.5.mlp``,
+``t.layers["*"]`` a wildcard, ``t.layers[2:6]`` a range, ``t.model.layers[3]`` a raw path.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+from .load import dump_spec, parse_spec
+from .models import Spec
+from .sites import ATTRS, Slice, format_index
+
+__all__ = ["ModuleRef", "SpecBuilder", "ValueRef", "file", "noise", "topk", "zeros"]
+
+
+def zeros() -> dict[str, Any]:
+    """Zeros shaped like the target."""
+    return {"zeros": True}
+
+
+def noise(std: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """Gaussian noise; each row draws from (seed, example_id)."""
+    return {"noise": {"std": std, "seed": seed}}
+
+
+def file(path: str, key: str | None = None, scale: float = 1.0) -> dict[str, Any]:
+    """A tensor from a .npy or .safetensors file."""
+    params: dict[str, Any] = {"path": str(path), "scale": scale}
+    if key is not None:
+        params["key"] = key
+    return {"file": params}
+
+
+def topk(k: int) -> dict[str, int]:
+    """``reduce=topk(5)``: keep the 5 largest entries of the last dimension."""
+    return {"topk": k}
+
+
+def _index_text(idx: Any) -> str:
+    items = idx if isinstance(idx, tuple) else (idx,)
+    out = []
+    for it in items:
+        if isinstance(it, slice):
+            out.append(Slice(it.start, it.stop, it.step))
+        elif it is ... or it is None or (isinstance(it, int) and not isinstance(it, bool)):
+            out.append(it)
+        else:
+            raise TypeError(f"index items are ints, slices, ... or None; got {it!r}")
+    return format_index(tuple(out))
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, ValueRef):
+        return {"from": {"site": v.site}}
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, dict):
+        return v
+    raise TypeError(
+        f"cannot use {type(v).__name__} as a value: use a number, zeros(), noise(), file() "
+        "or another site (t.layers[2].output)"
+    )
+
+
+class _Pending:
+    """What ``x += v`` / ``x *= v`` leaves behind until the assignment records it."""
+
+    def __init__(self, mode: str, value: Any):
+        self.mode, self.value = mode, value
+
+
+class _Recorder:
+    def __init__(self, allowed: tuple[str, ...]):
+        self.ops: list[dict[str, Any]] = []
+        self.allowed = allowed
+
+    def add(self, op: dict[str, Any]) -> None:
+        kind = next(iter(op))
+        if kind not in self.allowed:
+            raise TypeError(f"{kind} is not allowed here (only {', '.join(self.allowed)})")
+        self.ops.append(op)
+
+    def set(self, site: str, value: Any, positions: list[int] | None = None) -> None:
+        mode = "replace"
+        if isinstance(value, _Pending):
+            mode, value = value.mode, value.value
+        op: dict[str, Any] = {"set": site, "value": _value(value), "mode": mode}
+        if positions is not None:
+            op["positions"] = list(positions)
+        self.add(op)
+
+
+class ValueRef:
+    """A value site (``….output``, ``….input``, ``….inputs``), possibly indexed."""
+
+    def __init__(self, rec: _Recorder, site: str):
+        self._rec, self.site = rec, site
+
+    def __getitem__(self, idx: Any) -> ValueRef:
+        return ValueRef(self._rec, self.site + _index_text(idx))
+
+    def __setitem__(self, idx: Any, value: Any) -> None:
+        self._rec.set(self.site + _index_text(idx), value)
+
+    def __iadd__(self, value: Any) -> _Pending:
+        return _Pending("add", value)
+
+    def __imul__(self, value: Any) -> _Pending:
+        return _Pending("scale", value)
+
+    def save(
+        self,
+        name: str | None = None,
+        *,
+        positions: list[int] | None = None,
+        apply: list[Any] | None = None,
+        reduce: str | dict[str, int] | None = None,
+        dtype: str | None = None,
+    ) -> ValueRef:
+        """Save this value (nnsight's ``.save()``), optionally through modules and a reduction."""
+        op: dict[str, Any] = {"save": self.site}
+        for key, val in (("as", name), ("positions", positions), ("reduce", reduce),
+                         ("dtype", dtype)):
+            if val is not None:
+                op[key] = list(val) if key == "positions" else val
+        if apply:
+            op["apply"] = [m.path if isinstance(m, ModuleRef) else str(m) for m in apply]
+        self._rec.add(op)
+        return self
+
+    def set(self, value: Any, *, mode: str = "replace", positions: list[int] | None = None) -> None:
+        """Write a value here; ``mode`` is replace, add or scale."""
+        self._rec.set(self.site, value if mode == "replace" else _Pending(mode, value), positions)
+
+    def __repr__(self) -> str:
+        return f"ValueRef({self.site!r})"
+
+
+class ModuleRef:
+    """A module path; attribute access and indexing walk the module tree."""
+
+    def __init__(self, rec: _Recorder, path: str):
+        object.__setattr__(self, "_rec", rec)
+        object.__setattr__(self, "path", path)
+
+    def _child(self, part: str) -> ModuleRef:
+        return ModuleRef(self._rec, f"{self.path}.{part}" if self.path else part)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name in ATTRS:
+            if not self.path:
+                raise AttributeError(f"the root has no .{name}; name a module first")
+            return ValueRef(self._rec, f"{self.path}.{name}")
+        return self._child(name)
+
+    def __getitem__(self, idx: int | str | slice) -> ModuleRef:
+        if isinstance(idx, slice):
+            if idx.step not in (None, 1):
+                raise TypeError("module ranges take no step")
+            lo = "" if idx.start is None else idx.start
+            hi = "" if idx.stop is None else idx.stop
+            return self._child(f"{lo}:{hi}")
+        return self._child(str(idx))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in ATTRS:
+            raise AttributeError(f"cannot set {name!r}; set .output, .input or .inputs")
+        self._rec.set(f"{self.path}.{name}", value)
+
+    def skip(self, with_: Any = None) -> None:
+        """Do not run this module; its output is ``with_`` (default: its input, unchanged)."""
+        op: dict[str, Any] = {"skip": self.path}
+        if isinstance(with_, ValueRef):
+            op["with"] = with_.site
+        elif with_ is not None:
+            op["with"] = _value(with_)
+        self._rec.add(op)
+
+    def __call__(self, *a: Any, **k: Any) -> Any:
+        raise TypeError(
+            "modules are not called inside a builder trace; use "
+            "value.save(apply=[t.final_norm, t.lm_head]) for module calls such as the logit lens"
+        )
+
+    def __repr__(self) -> str:
+        return f"ModuleRef({self.path!r})"
+
+
+class _Trace(ModuleRef):
+    def cache(
+        self, modules: str, *, name: str | None = None, positions: list[int] | None = None
+    ) -> None:
+        """Save the output of every module matching ``modules`` (nnsight's tracer.cache())."""
+        op: dict[str, Any] = {"cache": modules}
+        if name is not None:
+            op["as"] = name
+        if positions is not None:
+            op["positions"] = list(positions)
+        self._rec.add(op)
+
+
+class SpecBuilder:
+    """Collects sections and recorded ops, and validates them into a :class:`Spec`."""
+
+    def __init__(
+        self,
+        model: dict[str, Any] | str,
+        data: dict[str, Any] | list[str],
+        output: dict[str, Any] | str,
+        execution: dict[str, Any] | None = None,
+    ):
+        self.model = {"path": model} if isinstance(model, str) else dict(model)
+        self.data = {"prompts": list(data)} if isinstance(data, list) else dict(data)
+        self.output = {"path": output} if isinstance(output, str) else dict(output)
+        self.execution = dict(execution or {})
+        self._ops = _Recorder(("save", "set", "skip", "cache"))
+        self._edits = _Recorder(("set", "skip"))
+
+    @contextmanager
+    def trace(self):
+        """Record ops: ``with b.trace() as t: t.layers[3].output.save()``."""
+        yield _Trace(self._ops, "")
+
+    @contextmanager
+    def edit(self):
+        """Record edits, applied to every row before the ops (nnsight's model.edit())."""
+        yield _Trace(self._edits, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"version": 1, "model": self.model, "data": self.data}
+        if self._edits.ops:
+            d["edits"] = list(self._edits.ops)
+        d["ops"] = list(self._ops.ops)
+        d["output"] = self.output
+        if self.execution:
+            d["execution"] = self.execution
+        return d
+
+    def spec(self) -> Spec:
+        """The validated spec (raises SpecError listing every problem)."""
+        return parse_spec(self.to_dict(), source="builder")
+
+    def to_yaml(self) -> str:
+        return dump_spec(self.spec())

@@ -1,0 +1,172 @@
+"""Read a spec from YAML/JSON, apply ``--set a.b=value`` overrides, and report every problem.
+
+Precedence: model defaults < spec file < overrides. Errors come back as one :class:`SpecError`
+listing every problem with its field path, so a user fixes them in one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .models import Spec
+
+__all__ = [
+    "SpecError",
+    "apply_overrides",
+    "dump_spec",
+    "load_spec",
+    "parse_spec",
+    "spec_hash",
+    "spec_to_dict",
+]
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; ``problems`` lists each as ``field.path: message``."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        n = len(problems)
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{head}{n} problem{'s' if n != 1 else ''} in the spec:\n{lines}")
+
+
+def _read(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"spec file not found: {path}"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError([f"cannot read spec file {path}: {e}"]) from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise SpecError([f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"], str(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or str(e)
+        raise SpecError([f"invalid YAML{where}: {what}"], str(path)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.0.c=value`` overrides (values parsed as YAML scalars/flow) to a spec dict."""
+    data = json.loads(json.dumps(data))  # a deep copy that also rejects non-JSON values early
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected key.path=value")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node: Any = data
+        try:
+            for part in parts[:-1]:
+                if isinstance(node, list):
+                    node = node[int(part)]
+                else:
+                    node = node.setdefault(part, {})
+            last = parts[-1]
+            if isinstance(node, list):
+                node[int(last)] = value
+            elif isinstance(node, dict):
+                node[last] = value
+            else:
+                raise TypeError
+        except (ValueError, IndexError, TypeError):
+            problems.append(f"--set {item!r}: {key} does not name a field of the spec")
+    if problems:
+        raise SpecError(problems)
+    return data
+
+
+_OP_TAGS = {"save", "set", "skip", "cache"}
+_VALUE_TAGS = {"number", "zeros", "noise", "file", "from", "site"}
+
+
+def _yaml_path(loc: tuple[Any, ...]) -> str:
+    """Turn Pydantic's error location into the YAML path: union tags and type names dropped."""
+    out: list[str] = []
+    for i, part in enumerate(loc):
+        prev = loc[i - 1] if i else None
+        if isinstance(part, str) and (
+            (isinstance(prev, int) and part in _OP_TAGS and i + 1 < len(loc))
+            or (prev in ("value", "with") and part in _VALUE_TAGS)
+            or (prev == "reduce" and (part == "name" or (part == "topk" and i + 1 < len(loc))))
+            or not part.replace("_", "").isalnum()  # e.g. "literal['argmax']", "function-after[…]"
+            or part[:1].isupper()  # a model class name such as TopK
+        ):
+            continue
+        out.append(str(part))
+    return ".".join(out)
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    out: list[str] = []
+    for e in err.errors(include_url=False):
+        loc = _yaml_path(e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `raysight schema` lists the keys)"
+        line = f"{loc}: {msg}" if loc else msg
+        if line not in out:
+            out.append(line)
+    return out
+
+
+def parse_spec(
+    data: Any, overrides: list[str] | None = None, source: str | None = None
+) -> Spec:
+    """Validate a spec given as a dict (after applying overrides)."""
+    if not isinstance(data, dict):
+        raise SpecError([f"a spec is a mapping of sections, got {type(data).__name__}"], source)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_errors(e), source) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Load and validate a YAML or JSON spec file."""
+    path = Path(path)
+    return parse_spec(_read(path), overrides, str(path))
+
+
+def spec_to_dict(spec: Spec) -> dict[str, Any]:
+    """The spec as plain JSON data, with YAML key names (``as``, ``with``, ``from``)."""
+    return spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def dump_spec(spec: Spec, fmt: str = "yaml", full: bool = False) -> str:
+    """YAML or JSON text; ``full`` writes every default too (the resolved spec)."""
+    data = spec_to_dict(spec) if full else spec.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude_defaults=True
+    )
+    if fmt == "json":
+        return json.dumps(data, indent=2, sort_keys=False)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def spec_hash(spec: Spec) -> str:
+    """Hash of what determines the output (execution details excluded)."""
+    data = spec_to_dict(spec)
+    data.pop("execution", None)
+    data.get("output", {}).pop("path", None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

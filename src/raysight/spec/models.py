@@ -1,0 +1,406 @@
+"""The intervention spec as Pydantic models.
+
+Every field carries a docstring (it becomes the JSON Schema description and the CLI help);
+``extra="forbid"`` everywhere so a typo is an error, not a silently ignored key. Ops and values are
+tagged by the key they carry (``save:``, ``set:``…; ``zeros:``, ``noise:``…), so error paths read
+like the YAML: ``ops.2.set.value.noise.std``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from .sites import SiteError, parse_module_site, parse_value_site
+
+__all__ = [
+    "CacheOp",
+    "DataSpec",
+    "ExecutionSpec",
+    "FileValue",
+    "FromValue",
+    "ModelSpec",
+    "NoiseValue",
+    "Op",
+    "OutputSpec",
+    "SaveOp",
+    "SetOp",
+    "SkipOp",
+    "Spec",
+    "TopK",
+    "Value",
+    "ZerosValue",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, populate_by_name=True, frozen=True
+    )
+
+
+def _value_site(v: str) -> str:
+    try:
+        return str(parse_value_site(v))
+    except SiteError as e:
+        raise ValueError(str(e)) from None
+
+
+def _module_site(v: str) -> str:
+    try:
+        return str(parse_module_site(v))
+    except SiteError as e:
+        raise ValueError(str(e)) from None
+
+
+ValueSite = Annotated[str, Field(description="a value site, e.g. layers.5.output[:, -1]")]
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+
+# ----------------------------------------------------------------------------- model / data
+class ModelSpec(_Strict):
+    path: str | None = None
+    """HF model directory (or hub id, where a hub is reachable) to load with transformers."""
+    gguf_file: str | None = None
+    """A GGUF file inside `path` to load (needs the `gguf` package)."""
+    factory: str | None = None
+    """Import path `pkg.module:callable` returning a torch.nn.Module (instead of `path`)."""
+    factory_kwargs: dict[str, Any] = {}
+    """Keyword arguments for `factory` (JSON values only)."""
+    tokenizer: str | None = None
+    """Tokenizer directory; defaults to `path`."""
+    dtype: Literal["float32", "float16", "bfloat16", "auto"] = "float32"
+    """Dtype the weights are loaded in."""
+    device: str = "auto"
+    """'auto' (CUDA when the actor has a GPU, else CPU), 'cpu', 'cuda', 'cuda:1'…"""
+    device_map: str | None = None
+    """accelerate device_map (e.g. 'auto') for a model larger than one device."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit)."""
+    trust_remote_code: bool = False
+    """Run code shipped with the model. Off unless the spec says so."""
+    padding_side: Literal["auto", "left", "right"] = "auto"
+    """'auto': left for causal LMs (with position_ids from the mask), right for encoders."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.factory is None):
+            raise ValueError("give exactly one of model.path or model.factory")
+        if self.factory is not None and not _is_import_path(self.factory):
+            raise ValueError(f"model.factory {self.factory!r} must look like 'pkg.module:callable'")
+        if self.gguf_file and self.path is None:
+            raise ValueError("model.gguf_file needs model.path (the directory holding it)")
+        return self
+
+
+def _is_import_path(text: str) -> bool:
+    mod, _, attr = text.partition(":")
+    return bool(mod and attr) and all(p.isidentifier() for p in mod.split(".") + attr.split("."))
+
+
+class DataSpec(_Strict):
+    source: str | None = None
+    """Input file: .jsonl, .parquet, or .txt (one prompt per line)."""
+    prompts: list[Any] | None = None
+    """Inline prompts (instead of `source`)."""
+    text_field: str = "text"
+    """Column holding the prompt text (jsonl / parquet)."""
+    id_field: str | None = None
+    """Column holding a row id; default: the row's index in the input."""
+    input_field: str | None = None
+    """Column holding a numeric array per row, for models that take tensors, not text."""
+    max_length: int = Field(512, ge=1, le=1_048_576)
+    """Prompts longer than this many tokens are truncated (the count goes in the manifest)."""
+    add_special_tokens: bool = True
+    """Let the tokenizer add its special tokens (BOS, CLS/SEP), as a plain tokenizer call does."""
+    limit: int | None = Field(None, ge=1)
+    """Read only the first `limit` rows."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.source is None) == (self.prompts is None):
+            raise ValueError("give exactly one of data.source or data.prompts")
+        if self.prompts is not None and len(self.prompts) == 0:
+            raise ValueError("data.prompts is empty")
+        return self
+
+
+# ----------------------------------------------------------------------------- values
+class ZerosValue(_Strict):
+    zeros: Literal[True]
+    """Zeros shaped like the target."""
+
+
+class NoiseParams(_Strict):
+    std: float = Field(1.0, gt=0)
+    """Standard deviation of the Gaussian noise."""
+    seed: int = Field(0, ge=0)
+    """Seed; each row draws from (seed, example_id), so a row's noise ignores its batch."""
+
+
+class NoiseValue(_Strict):
+    noise: NoiseParams
+    """Gaussian noise shaped like the target."""
+
+
+class FileParams(_Strict):
+    path: str
+    """A .npy (loaded with allow_pickle=False) or .safetensors file."""
+    key: str | None = None
+    """Tensor name inside a .safetensors file (optional when it holds one tensor)."""
+    scale: float = 1.0
+    """Multiply the tensor by this before use (e.g. a steering coefficient)."""
+
+
+class FileValue(_Strict):
+    file: FileParams
+    """A tensor read from a file; it must broadcast to the target."""
+
+
+class FromParams(_Strict):
+    site: ValueSite
+    """The value site to copy from; it must run before the target."""
+
+    _check = field_validator("site")(_value_site)
+
+
+class FromValue(_Strict):
+    from_: FromParams = Field(alias="from")
+    """Another site's value in the same row (after the ops applied to it)."""
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"site": v} if isinstance(v, str) else v
+
+
+def _value_tag(v: Any) -> str | None:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return "number"
+    keys = set(v) if isinstance(v, dict) else {k for k in ("zeros", "noise", "file", "from_")
+                                               if getattr(v, k, None) is not None}
+    for key in ("zeros", "noise", "file"):
+        if key in keys:
+            return key
+    return "from" if keys & {"from", "from_"} else None
+
+
+Value = Annotated[
+    Annotated[float, Tag("number")]
+    | Annotated[ZerosValue, Tag("zeros")]
+    | Annotated[NoiseValue, Tag("noise")]
+    | Annotated[FileValue, Tag("file")]
+    | Annotated[FromValue, Tag("from")],
+    Discriminator(
+        _value_tag,
+        custom_error_type="value",
+        custom_error_message="a value is a number or one of {zeros: true}, {noise: {std, seed}}, "
+        "{file: {path, key, scale}}, {from: site}",
+    ),
+]
+
+
+# ----------------------------------------------------------------------------- ops
+class TopK(_Strict):
+    topk: int = Field(ge=1, le=100_000)
+    """Keep the k largest entries of the last dimension: `<as>_ids` and `<as>_values` columns."""
+
+
+Reduce = Annotated[
+    Annotated[Literal["argmax", "norm", "mean"], Tag("name")] | Annotated[TopK, Tag("topk")],
+    Discriminator(
+        lambda v: "name" if isinstance(v, str) else "topk",
+        custom_error_type="reduce",
+        custom_error_message="reduce is argmax, norm, mean or {topk: k}",
+    ),
+]
+
+
+def _nonempty(v: list[int] | None) -> list[int] | None:
+    if v is not None and not v:
+        raise ValueError("positions is empty; omit it to mean every token")
+    return v
+
+
+Positions = Annotated[
+    list[int] | None,
+    AfterValidator(_nonempty),
+    Field(
+        description="Token positions among the row's real tokens (negative counts from the end), "
+        "whatever the padding side. Default: every token."
+    ),
+]
+
+
+class SaveOp(_Strict):
+    save: ValueSite
+    """Value site to save (wildcards and ranges expand to one column each)."""
+    positions: Positions = None
+    as_: str | None = Field(None, alias="as", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Column name (default: the site). With a wildcard, each column is `<as>.<expanded parts>`."""
+    apply: list[str] = []
+    """Modules called on the value before saving, in order (e.g. [final_norm, lm_head] for the
+    logit lens). Their forward runs directly: no hooks fire."""
+    reduce: Reduce | None = None
+    """Reduce the last dimension: argmax, topk {topk: k}, norm (L2) or mean."""
+    dtype: Dtype | None = None
+    """Cast before saving; default: the value's own dtype."""
+
+    _site = field_validator("save")(_value_site)
+
+    @field_validator("apply")
+    @classmethod
+    def _modules(cls, v: list[str]) -> list[str]:
+        return [_module_site(m) for m in v]
+
+
+class SetOp(_Strict):
+    set: ValueSite
+    """Value site to write (an index selector writes only that slice)."""
+    positions: Positions = None
+    value: Value
+    """What to write."""
+    mode: Literal["replace", "add", "scale"] = "replace"
+    """replace: x = v; add: x = x + v; scale: x = x * v."""
+
+    _site = field_validator("set")(_value_site)
+
+
+class SkipOp(_Strict):
+    skip: str
+    """Module whose forward is not run."""
+    with_: str | Value | None = Field(None, alias="with")
+    """Its output instead: a value site that ran before it, or a value. Default: the module's
+    first input passes through unchanged (an identity layer)."""
+
+    _site = field_validator("skip")(_module_site)
+
+    @field_validator("with_")
+    @classmethod
+    def _with_site(cls, v: Any) -> Any:
+        return _value_site(v) if isinstance(v, str) else v
+
+
+class CacheOp(_Strict):
+    cache: str
+    """Module pattern (e.g. `layers.*`, `layers.*.mlp`): save the output of each match."""
+    positions: Positions = None
+    as_: str | None = Field(None, alias="as", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Column prefix (default: each module's path)."""
+    dtype: Dtype | None = None
+    """Cast before saving; default: the value's own dtype."""
+
+    _site = field_validator("cache")(_module_site)
+
+
+def _op_tag(v: Any) -> str | None:
+    for key in ("save", "set", "skip", "cache"):
+        if (key in v) if isinstance(v, dict) else isinstance(getattr(v, key, None), str):
+            return key
+    return None
+
+
+_OP_ERROR = "an op has exactly one of the keys save, set, skip, cache"
+Op = Annotated[
+    Annotated[SaveOp, Tag("save")]
+    | Annotated[SetOp, Tag("set")]
+    | Annotated[SkipOp, Tag("skip")]
+    | Annotated[CacheOp, Tag("cache")],
+    Discriminator(_op_tag, custom_error_type="op", custom_error_message=_OP_ERROR),
+]
+Edit = Annotated[
+    Annotated[SetOp, Tag("set")] | Annotated[SkipOp, Tag("skip")],
+    Discriminator(
+        _op_tag, custom_error_type="edit", custom_error_message="an edit is a set or a skip"
+    ),
+]
+
+
+# ----------------------------------------------------------------------------- output / exec
+class OutputSpec(_Strict):
+    path: str
+    """Output directory (created; a finished run there is resumed, a different spec refused)."""
+    layout: Literal["per_sequence", "per_token"] = "per_sequence"
+    """per_sequence: one row per example; per_token: one row per real token (padding dropped)."""
+    format: Literal["parquet", "arrow"] = "parquet"
+    """Data file format: Parquet or Arrow IPC (Feather v2)."""
+    include_text: bool = False
+    """Add a `text` column with the prompt."""
+    compression: Literal["none", "zstd", "lz4", "snappy"] = "none"
+    """Compression codec; float activations barely compress, so none is fastest."""
+    row_group_bytes: int = Field(128 * 2**20, ge=2**16)
+    """Target row-group (Parquet) / record-batch (Arrow) size in bytes."""
+
+
+class ExecutionSpec(_Strict):
+    runner: Literal["ray", "local"] = "ray"
+    """ray: a Ray actor (local Ray started when no cluster is given); local: in this process."""
+    actors: int = Field(1, ge=1, le=1)
+    """Model replicas. Only 1 for now; scale-out across actors is tracked separately."""
+    gpus_per_actor: float = Field(0, ge=0)
+    """GPUs per actor (0: CPU)."""
+    cpus_per_actor: int = Field(1, ge=1)
+    """CPU cores reserved for each actor; torch uses this many threads."""
+    batch_tokens: int = Field(16384, ge=1)
+    """Token budget per batch (rows × padded length)."""
+    max_batch_rows: int = Field(256, ge=1)
+    """Upper bound on rows per batch."""
+    shard_rows: int = Field(4096, ge=1)
+    """Rows per shard: the unit of output file, resume and retry."""
+
+
+class Spec(_Strict):
+    version: Literal[1] = 1
+    """Spec format version."""
+    model: ModelSpec
+    """Which model to load."""
+    data: DataSpec
+    """Which rows to run."""
+    edits: list[Edit] = []
+    """Interventions applied to every row before any op (nnsight's model.edit())."""
+    ops: list[Op] = []
+    """Saves, sets, skips and caches; applied in the model's execution order, list order breaking
+    ties on the same site."""
+    output: OutputSpec
+    """Where and how results are written."""
+    execution: ExecutionSpec = ExecutionSpec()
+    """How the run is executed."""
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Spec:
+        problems: list[str] = []
+        names: dict[str, int] = {}
+        for i, op in enumerate(self.ops):
+            name = getattr(op, "as_", None)
+            if name is not None:
+                if name in names:
+                    problems.append(f"ops.{i}.as: name {name!r} is already used by ops.{names[name]}")
+                names.setdefault(name, i)
+            if self.output.layout == "per_token" and isinstance(op, (SaveOp, CacheOp)):
+                if op.positions is not None:
+                    problems.append(
+                        f"ops.{i}.positions: output.layout per_token writes one row per token; "
+                        "drop positions or use layout per_sequence"
+                    )
+                if isinstance(op, SaveOp) and "[" in op.save:
+                    problems.append(
+                        f"ops.{i}.save: an index selector cannot be used with output.layout "
+                        "per_token (each row is one token); use layout per_sequence"
+                    )
+        if self.data.input_field and any(
+            getattr(op, "positions", None) for op in [*self.ops, *self.edits]
+        ):
+            problems.append("positions index tokens; data.input_field rows have none")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -1,0 +1,216 @@
+"""Site grammar: ``<module path>[.<output|input|inputs>][index…]``.
+
+Pure Python on purpose (no torch): specs validate and builders run anywhere.
+
+A *value site* names a value inside a forward pass (``layers.5.output[:, -1]``); its last dotted
+part is always the attribute, so a module that is itself called ``output`` (BERT's
+``encoder.layer.0.output``) is reached as ``encoder.layer.0.output.output``. A *module site*
+(``skip`` targets, ``cache`` globs, ``apply`` modules) has no attribute.
+
+Module paths may hold ``*`` (any child) and ``a:b`` (children a..b-1) parts; they expand against
+the model's module tree in :func:`expand_module_pattern`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "ATTRS",
+    "IndexItem",
+    "Site",
+    "SiteError",
+    "Slice",
+    "expand_module_pattern",
+    "format_index",
+    "parse_index",
+    "parse_module_site",
+    "parse_value_site",
+]
+
+ATTRS = ("output", "input", "inputs")
+_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|\d+|\*|-?\d*:-?\d*)$")
+
+
+class SiteError(ValueError):
+    """A site string that does not follow the grammar."""
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A ``start:stop:step`` index item (``None`` for an omitted bound)."""
+
+    start: int | None = None
+    stop: int | None = None
+    step: int | None = None
+
+    def __str__(self) -> str:
+        parts = ["" if v is None else str(v) for v in (self.start, self.stop, self.step)]
+        return ":".join(parts[:2]) if self.step is None else ":".join(parts)
+
+
+# An index item: an int, a Slice, Ellipsis (``...``) or None (``None``: a new axis).
+IndexItem = int | Slice | type(Ellipsis) | None
+
+
+@dataclass(frozen=True)
+class Site:
+    """A parsed site. ``module`` may still hold wildcard or range parts."""
+
+    module: str
+    attr: str | None = None
+    index: tuple[tuple[IndexItem, ...], ...] = ()
+
+    def __str__(self) -> str:
+        text = self.module + (f".{self.attr}" if self.attr else "")
+        return text + "".join(format_index(ix) for ix in self.index)
+
+    @property
+    def is_pattern(self) -> bool:
+        return any(p == "*" or ":" in p for p in self.module.split("."))
+
+    def with_module(self, module: str) -> Site:
+        return Site(module, self.attr, self.index)
+
+
+def _split(text: str, what: str) -> tuple[str, str]:
+    if not isinstance(text, str) or not text.strip():
+        raise SiteError(f"{what} must be a non-empty string, got {text!r}")
+    text = text.strip()
+    cut = text.find("[")
+    head, tail = (text, "") if cut < 0 else (text[:cut], text[cut:])
+    if not head:
+        raise SiteError(f"{what} {text!r} has no module path before '['")
+    for part in head.split("."):
+        if not _PART.match(part):
+            raise SiteError(
+                f"{what} {text!r}: bad path part {part!r} "
+                "(expected a name, an integer, '*' or a range like '2:6')"
+            )
+    return head, tail
+
+
+def parse_value_site(text: str) -> Site:
+    """Parse a value site such as ``layers.5.output[:, -1, :]`` or ``logits``."""
+    head, tail = _split(text, "site")
+    parts = head.split(".")
+    if parts[-1] in ATTRS and len(parts) > 1:
+        module, attr = ".".join(parts[:-1]), parts[-1]
+    elif head == "logits":
+        module, attr = "logits", "output"
+    else:
+        raise SiteError(
+            f"site {text!r} must end in .output, .input or .inputs "
+            f"(e.g. '{head}.output'); only 'logits' stands alone"
+        )
+    index = parse_index(tail) if tail else ()
+    if attr == "inputs" and index and not isinstance(index[0][0], int):
+        raise SiteError(f"site {text!r}: .inputs is (args, kwargs); index it with [0] or [1] first")
+    return Site(module, attr, index)
+
+
+def parse_module_site(text: str) -> Site:
+    """Parse a module site (no attribute, no index), e.g. ``layers.7`` or ``layers.*.mlp``."""
+    head, tail = _split(text, "module")
+    if tail:
+        raise SiteError(f"module {text!r} takes no index; index a value site instead")
+    if head.split(".")[-1] in ATTRS and head != "logits":
+        raise SiteError(
+            f"{text!r} names a value, not a module; drop the trailing .{head.split('.')[-1]}"
+        )
+    return Site(head)
+
+
+def _parse_int(tok: str, where: str) -> int:
+    try:
+        return int(tok)
+    except ValueError:
+        raise SiteError(f"index {where!r}: {tok!r} is not an integer") from None
+
+
+def _parse_item(tok: str, where: str) -> IndexItem:
+    tok = tok.strip()
+    if tok == "...":
+        return ...
+    if tok == "None":
+        return None
+    if ":" in tok:
+        bits = tok.split(":")
+        if len(bits) > 3:
+            raise SiteError(f"index {where!r}: bad slice {tok!r}")
+        vals = [_parse_int(b, where) if b.strip() else None for b in bits]
+        vals += [None] * (3 - len(vals))
+        if vals[2] is not None and vals[2] <= 0:
+            raise SiteError(f"index {where!r}: slice step must be positive, got {vals[2]}")
+        return Slice(*vals)
+    if not tok:
+        raise SiteError(f"index {where!r}: empty index item")
+    return _parse_int(tok, where)
+
+
+def parse_index(text: str) -> tuple[tuple[IndexItem, ...], ...]:
+    """Parse ``[0][:, -1, :]`` into ``((0,), (Slice(), -1, Slice()))``."""
+    groups: list[tuple[IndexItem, ...]] = []
+    rest = text.strip()
+    while rest:
+        if not rest.startswith("[") or "]" not in rest:
+            raise SiteError(f"index {text!r}: expected '[...]' groups, got {rest!r}")
+        body, rest = rest[1 : rest.index("]")], rest[rest.index("]") + 1 :].strip()
+        items = tuple(_parse_item(tok, text) for tok in body.split(","))
+        if sum(1 for i in items if i is ...) > 1:
+            raise SiteError(f"index {text!r}: at most one '...' per group")
+        groups.append(items)
+    return tuple(groups)
+
+
+def format_index(group: tuple[IndexItem, ...]) -> str:
+    def one(item: IndexItem) -> str:
+        if item is ...:
+            return "..."
+        return "None" if item is None else str(item)
+
+    return "[" + ", ".join(one(i) for i in group) + "]"
+
+
+def expand_module_pattern(pattern: str, children: dict[str, list[str]]) -> list[str]:
+    """Expand ``*`` and ``a:b`` parts of a dotted module path.
+
+    ``children`` maps a module path ('' for the root) to its child names in definition order.
+    Returns concrete paths in tree order; raises :class:`SiteError` naming the part that matches
+    nothing, with what the model has there.
+    """
+    paths = [""]
+    for part in pattern.split("."):
+        nxt: list[str] = []
+        for base in paths:
+            kids = children.get(base, [])
+            if part == "*":
+                chosen = kids
+            elif ":" in part:
+                lo, hi = (int(b) if b else None for b in part.split(":"))
+                numeric = [k for k in kids if k.isdigit()]
+                chosen = [str(i) for i in range(len(numeric))[slice(lo, hi)] if str(i) in kids]
+            else:
+                chosen = [part] if part in kids else []
+            nxt += [f"{base}.{k}" if base else k for k in chosen]
+        if not nxt:
+            raise SiteError(_no_match(paths[0], part, children.get(paths[0], [])))
+        paths = nxt
+    return paths
+
+
+def _no_match(base: str, part: str, kids: list[str]) -> str:
+    full = f"{base}.{part}" if base else part
+    where = base or "the model"
+    numeric = [k for k in kids if k.isdigit()]
+    if not kids:
+        return f"no module '{full}' ({where} has no child modules)"
+    if numeric and (part.isdigit() or ":" in part):
+        return f"no module '{full}' (model has {base}.0–{len(numeric) - 1})"
+    close = difflib.get_close_matches(part, kids, n=3, cutoff=0.5)
+    if close:
+        return f"no module '{full}'; did you mean {' or '.join(repr(c) for c in close)}?"
+    shown = ", ".join(kids[:8]) + (", …" if len(kids) > 8 else "")
+    return f"no module '{full}' ({where} has: {shown})"

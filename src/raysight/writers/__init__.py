@@ -1,0 +1,1 @@
+"""Parquet / Arrow writers, the manifest, and the reader behind raysight.open."""

@@ -1,0 +1,116 @@
+"""Tensors to Arrow arrays with types fixed by the plan, so every file of a run shares a schema.
+
+- fixed per-row shape  -> ``arrow.fixed_shape_tensor`` (scalars: a plain column)
+- variable first dim   -> ``large_list<fixed_size_list<T, rest>>`` (``large_list<T>`` for 1-d)
+- bfloat16             -> ``fixed_size_binary`` / ``large_binary`` of the raw bits, bit-exact
+
+Arrow has no bfloat16 type and Parquet would widen uint16 to INT32, so bfloat16 travels as bytes
+with its dtype and shape in the field metadata; :func:`raysight.open` turns it back into
+``torch.bfloat16`` bit for bit. Every tensor column's metadata records ``raysight.dtype`` and
+``raysight.shape`` (``null`` for the per-row token dimension).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+__all__ = ["ColumnInfo", "arrow_field", "encode_column"]
+
+_NP = {
+    torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
+    torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
+    torch.uint8: np.uint8, torch.bool: np.bool_,
+}
+_TORCH = {str(k).removeprefix("torch."): k for k in [*_NP, torch.bfloat16]}
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    dtype: str  # torch dtype name without "torch.", e.g. "float32", "bfloat16"
+    shape: tuple[int | None, ...]  # per row; None = the row's token count
+    site: str = ""
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _TORCH[self.dtype]
+
+    @property
+    def variable(self) -> bool:
+        return bool(self.shape) and self.shape[0] is None
+
+    def row_bytes(self, tokens: float) -> float:
+        n = prod(tokens if d is None else d for d in self.shape)
+        return n * self.torch_dtype.itemsize
+
+
+def _value_type(dtype: str) -> pa.DataType:
+    return pa.from_numpy_dtype(_NP[_TORCH[dtype]])
+
+
+def arrow_field(col: ColumnInfo) -> pa.Field:
+    meta = {
+        "raysight.dtype": col.dtype,
+        "raysight.shape": json.dumps(list(col.shape)),
+        "raysight.site": col.site,
+    }
+    rest = col.shape[1:] if col.variable else col.shape
+    n = prod(rest) if rest else 1
+    if col.dtype == "bfloat16":
+        typ: pa.DataType = pa.large_binary() if col.variable else pa.binary(2 * n)
+    elif col.variable:
+        inner = _value_type(col.dtype)
+        typ = pa.large_list(pa.list_(inner, n) if rest else inner)
+    elif not col.shape:
+        typ = _value_type(col.dtype)
+    else:
+        typ = pa.fixed_shape_tensor(_value_type(col.dtype), list(col.shape))
+    return pa.field(col.name, typ, nullable=False, metadata=meta)
+
+
+def _flat_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16).reshape(-1)
+    return t.numpy().reshape(-1)
+
+
+def encode_column(col: ColumnInfo, data: Any) -> pa.Array:
+    """Encode one column of a batch: a [rows, ...] tensor or a list of per-row tensors."""
+    field = arrow_field(col)
+    if col.variable:
+        rows = list(data) if not torch.is_tensor(data) else list(data.unbind(0))
+        lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
+        flat = _flat_numpy(torch.cat([r.reshape(r.shape[0], -1) for r in rows])
+                           if rows else torch.empty(0, dtype=col.torch_dtype))
+        rest = prod(col.shape[1:]) if col.shape[1:] else 1
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        if col.dtype == "bfloat16":
+            return pa.LargeBinaryArray.from_buffers(
+                pa.large_binary(), len(rows),
+                [None, pa.py_buffer(offsets * rest * 2), pa.py_buffer(flat.tobytes())],
+            )
+        values = pa.array(flat)
+        if col.shape[1:]:
+            values = pa.FixedSizeListArray.from_arrays(values, rest)
+        return pa.LargeListArray.from_arrays(pa.array(offsets), values)
+    batch = data if torch.is_tensor(data) else torch.stack(list(data))
+    n = len(batch)
+    flat = _flat_numpy(batch)
+    if col.dtype == "bfloat16":
+        width = field.type.byte_width
+        return pa.FixedSizeBinaryArray.from_buffers(
+            field.type, n, [None, pa.py_buffer(flat.tobytes())]
+        ) if width else pa.array([], field.type)
+    values = pa.array(flat)
+    if not col.shape:
+        return values
+    storage = pa.FixedSizeListArray.from_arrays(values, prod(col.shape))
+    return pa.ExtensionArray.from_storage(field.type, storage)

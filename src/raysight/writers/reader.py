@@ -1,0 +1,117 @@
+"""``raysight.open(path)``: a dataset as torch tensors, a pyarrow table, or a polars/pandas frame.
+
+The files are plain Parquet / Arrow IPC, so pyarrow, polars, duckdb and Ray Data read them too;
+this reader adds what they cannot know: bfloat16 bits back to ``torch.bfloat16``, and per-row
+token dimensions back to a list of tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+import torch
+
+from .encode import _NP, _TORCH
+from .manifest import ERRORS_FILE, read_manifest
+
+__all__ = ["Dataset", "open_dataset"]
+
+
+class Dataset:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest = read_manifest(self.path)
+        if manifest is None:
+            raise FileNotFoundError(f"{self.path} is not a raysight dataset (no _manifest.json)")
+        self.manifest: dict[str, Any] = manifest
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.path.glob("part-*") if p.suffix in (".parquet", ".arrow"))
+
+    def table(self, columns: list[str] | None = None) -> pa.Table:
+        tables = []
+        for f in self.files:
+            if f.suffix == ".parquet":
+                tables.append(pq.read_table(f, columns=columns))
+            else:
+                with pa.memory_map(str(f)) as src:
+                    t = ipc.open_file(src).read_all()
+                tables.append(t.select(columns) if columns else t)
+        if not tables:
+            raise FileNotFoundError(f"{self.path} has no finished data files yet")
+        return pa.concat_tables(tables)
+
+    @property
+    def columns(self) -> list[str]:
+        return [c["name"] for c in self.manifest["columns"]]
+
+    def to_torch(self, column: str) -> torch.Tensor | list[torch.Tensor]:
+        """A saved column as one tensor [rows, ...], or a list when rows differ in length."""
+        info = next((c for c in self.manifest["columns"] if c["name"] == column), None)
+        if info is None:
+            t = self.table([column]).column(column).combine_chunks()
+            return torch.as_tensor(t.to_numpy(zero_copy_only=False))
+        arr = self.table([column]).column(column).combine_chunks()
+        return decode(arr, info["dtype"], [d for d in info["shape"]])
+
+    def polars(self):
+        import polars as pl
+
+        return pl.from_arrow(self.table())
+
+    def pandas(self):
+        return self.table().to_pandas()
+
+    def ray(self):
+        import ray.data
+
+        return ray.data.read_parquet([str(f) for f in self.files])
+
+    def errors(self) -> list[dict[str, Any]]:
+        p = self.path / ERRORS_FILE
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _from_numpy(flat: np.ndarray, dtype: str) -> torch.Tensor:
+    if dtype == "bfloat16":
+        return torch.from_numpy(flat.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(flat).astype(_NP[_TORCH[dtype]], copy=False))
+
+
+def decode(arr: pa.Array, dtype: str, shape: list[int | None]) -> torch.Tensor | list:
+    n = len(arr)
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    if shape and shape[0] is None:
+        rest = [int(d) for d in shape[1:]]
+        if dtype == "bfloat16":
+            rows = [np.frombuffer(b.as_py(), dtype=np.uint16) for b in arr]
+            return [_from_numpy(r, dtype).reshape(-1, *rest) for r in rows]
+        offsets = arr.offsets.to_numpy()
+        flat = arr.flatten()
+        flat = flat.flatten() if rest else flat
+        values = _from_numpy(flat.to_numpy(zero_copy_only=False), dtype)
+        width = int(np.prod(rest)) if rest else 1
+        return [values[offsets[i] * width : offsets[i + 1] * width].reshape(-1, *rest)
+                for i in range(n)]
+    dims = [int(d) for d in shape]
+    if dtype == "bfloat16":
+        buf = np.frombuffer(arr.buffers()[1], dtype=np.uint16)[arr.offset * int(np.prod(dims)):]
+        return _from_numpy(buf[: n * int(np.prod(dims))], dtype).reshape(n, *dims)
+    if dims:
+        arr = arr.flatten()
+    return _from_numpy(arr.to_numpy(zero_copy_only=False), dtype).reshape(n, *dims)
+
+
+def open_dataset(path: str | Path) -> Dataset:
+    """Open a raysight output directory."""
+    return Dataset(path)

@@ -1,0 +1,104 @@
+"""One shard's data file, with a start / write / commit / fail lifecycle.
+
+The file is written under a hidden temporary name (readers such as pyarrow datasets skip names
+starting with '.') and renamed into place by :meth:`ShardWriter.commit`, so a crash never leaves a
+partial file that looks finished. Batches are buffered until about ``row_group_bytes`` so row
+groups are sized in bytes, not rows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+__all__ = ["ShardWriter", "part_name"]
+
+
+def part_name(shard: int, fmt: str) -> str:
+    return f"part-{shard:05d}.{'parquet' if fmt == 'parquet' else 'arrow'}"
+
+
+class ShardWriter:
+    def __init__(
+        self,
+        directory: str | Path,
+        shard: int,
+        schema: pa.Schema,
+        fmt: str = "parquet",
+        compression: str = "none",
+        row_group_bytes: int = 128 * 2**20,
+    ):
+        self.final = Path(directory) / part_name(shard, fmt)
+        self.tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.tmp")
+        self.schema = schema
+        self.fmt = fmt
+        self.compression = compression
+        self.row_group_bytes = row_group_bytes
+        self.rows = 0
+        self.bytes = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_bytes = 0
+        self._writer: Any = None
+
+    def start(self) -> ShardWriter:
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        if self.fmt == "parquet":
+            # Activations barely compress, and dictionary encoding and statistics cost a lot for
+            # float tensors, so both are off (FACTS: 29 -> 86-140 MB/s for float16).
+            self._writer = pq.ParquetWriter(
+                self.tmp, self.schema,
+                compression=None if self.compression == "none" else self.compression,
+                use_dictionary=False, write_statistics=False, store_schema=True,
+            )
+        else:
+            opts = ipc.IpcWriteOptions(
+                compression=None if self.compression == "none" else self.compression
+            )
+            self._writer = ipc.new_file(str(self.tmp), self.schema, options=opts)
+        return self
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            raise RuntimeError("ShardWriter.write before start()")
+        self._pending.append(batch)
+        self._pending_bytes += batch.nbytes
+        self.rows += batch.num_rows
+        self.bytes += batch.nbytes
+        if self._pending_bytes >= self.row_group_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        if self.fmt == "parquet":
+            self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        else:
+            for b in table.combine_chunks().to_batches():
+                self._writer.write_batch(b)
+        self._pending, self._pending_bytes = [], 0
+
+    def commit(self) -> Path:
+        """Finish the file and move it into place atomically."""
+        self._flush()
+        self._writer.close()
+        self._writer = None
+        with open(self.tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def fail(self) -> None:
+        """Drop the partial file; nothing already committed is touched."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:  # noqa: BLE001 - we are already failing; the temp file goes anyway
+            pass
+        self._writer = None
+        self.tmp.unlink(missing_ok=True)
