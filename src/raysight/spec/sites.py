@@ -7,7 +7,7 @@ part is always the attribute, so a module that is itself called ``output`` (BERT
 ``encoder.layer.0.output``) is reached as ``encoder.layer.0.output.output``. A *module site*
 (``skip`` targets, ``cache`` globs, ``apply`` modules) has no attribute.
 
-Module paths may hold ``*`` (any child) and ``a:b`` (children a..b-1) parts; they expand against
+Module paths may hold ``*`` (any child) and ``a:b[:step]`` (children a..b-1) parts; they expand against
 the model's module tree in :func:`expand_module_pattern`.
 """
 
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 ATTRS = ("output", "input", "inputs")
-_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|\d+|\*|-?\d*:-?\d*)$")
+_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|\d+|\*|-?\d*:-?\d*(?::[1-9]\d*)?)$")
 
 
 class SiteError(ValueError):
@@ -87,7 +87,7 @@ def _split(text: str, what: str) -> tuple[str, str]:
         if not _PART.match(part):
             raise SiteError(
                 f"{what} {text!r}: bad path part {part!r} "
-                "(expected a name, an integer, '*' or a range like '2:6')"
+                "(expected a name, an integer, '*' or a range like '2:6' or '0:12:4')"
             )
     return head, tail
 
@@ -189,9 +189,10 @@ def expand_module_pattern(pattern: str, children: dict[str, list[str]]) -> list[
             if part == "*":
                 chosen = kids
             elif ":" in part:
-                lo, hi = (int(b) if b else None for b in part.split(":"))
+                bounds = [int(b) if b else None for b in part.split(":")]
                 numeric = [k for k in kids if k.isdigit()]
-                chosen = [str(i) for i in range(len(numeric))[slice(lo, hi)] if str(i) in kids]
+                span = range(len(numeric))[slice(*bounds)]
+                chosen = [str(i) for i in span if str(i) in kids]
             else:
                 chosen = [part] if part in kids else []
             nxt += [f"{base}.{k}" if base else k for k in chosen]

@@ -84,7 +84,8 @@ class Dataset:
 def _from_numpy(flat: np.ndarray, dtype: str) -> torch.Tensor:
     if dtype == "bfloat16":
         return torch.from_numpy(flat.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(flat).astype(_NP[_TORCH[dtype]], copy=False))
+    # Arrow buffers are read-only; torch wants writable memory, so take a private copy.
+    return torch.from_numpy(np.array(flat, dtype=_NP[_TORCH[dtype]], copy=True))
 
 
 def decode(arr: pa.Array, dtype: str, shape: list[int | None]) -> torch.Tensor | list:
