@@ -73,6 +73,8 @@ def pack(lengths: list[int], batch_tokens: int, max_rows: int) -> list[list[int]
 
 
 def collate(items: list[Encoded], pad_id: int, side: str, causal: bool) -> Batch:
+    """Pad to the longest row. position_ids come from the mask for causal LMs and for any
+    left-padded model, so real tokens keep the positions they have when run alone."""
     width = max(len(e.ids) for e in items)
     n = len(items)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -84,7 +86,7 @@ def collate(items: list[Encoded], pad_id: int, side: str, causal: bool) -> Batch
         mask[b, start : start + len(e.ids)] = 1
         starts.append(start)
     inputs = {"input_ids": ids, "attention_mask": mask}
-    if causal:
+    if causal or side == "left":
         inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     return Batch(
         example_ids=[e.example_id for e in items],

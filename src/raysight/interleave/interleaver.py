@@ -215,7 +215,7 @@ class Interleaver:
                     self._save(value, act, ctx)
                 else:
                     value = self._set(value, act, ctx)
-            except (SelectError, ValueError, RuntimeError) as e:
+            except (SelectError, ValueError, RuntimeError, IndexError) as e:
                 raise OpError(f"{act.where} ({act.target.label}): {e}") from e
         if key in self.plan.sources:
             ctx.store[key] = value
