@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-import tiny  # noqa: E402
+import tiny
 
 # Mixed lengths, including one-character prompts and repeats.
 PROMPTS = [
@@ -43,8 +43,13 @@ def tiny_models(tiny_dirs):
     return {arch: tiny.build(arch) for arch in ARCHS}
 
 
-def make_spec(model_path: Path | str, out: Path, ops: list[dict], prompts: list[Any] | None = None,
-              **sections: Any) -> dict[str, Any]:
+def make_spec(
+    model_path: Path | str,
+    out: Path,
+    ops: list[dict],
+    prompts: list[Any] | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "model": {"path": str(model_path)},
         "data": {"prompts": list(prompts or PROMPTS)},

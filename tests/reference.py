@@ -26,11 +26,15 @@ def alone(
     for path, fn in (edit or {}).items():
         handles.append(mods[path].register_forward_hook(lambda m, a, o, fn=fn: fn(o)))
     for name, path in (capture or {}).items():
-        handles.append(mods[path].register_forward_hook(
-            lambda m, a, o, name=name: got.__setitem__(name, o)))
+        handles.append(
+            mods[path].register_forward_hook(lambda m, a, o, name=name: got.__setitem__(name, o))
+        )
     for name, path in (pre_capture or {}).items():
-        handles.append(mods[path].register_forward_pre_hook(
-            lambda m, a, name=name: got.__setitem__(name, a[0])))
+        handles.append(
+            mods[path].register_forward_pre_hook(
+                lambda m, a, name=name: got.__setitem__(name, a[0])
+            )
+        )
     ids = torch.tensor([tok(prompt)["input_ids"]])
     try:
         with torch.no_grad():

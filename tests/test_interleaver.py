@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_spec
 
+from conftest import make_spec
 from raysight.data.batching import collate, encode
 from raysight.data.readers import read_rows
 from raysight.engine.plan import make_plan
@@ -21,8 +21,12 @@ def setup(path, ops, prompts=("hello there", "hi")):
     loaded = load_model(spec.model)
     plan = make_plan(spec, loaded=load_model(spec.model, meta=True))
     rows, _, _ = read_rows(spec.data)
-    batch = collate(encode(loaded.tokenizer, rows, 512, True), loaded.tokenizer.pad_token_id,
-                    loaded.padding_side, loaded.kind == "causal")
+    batch = collate(
+        encode(loaded.tokenizer, rows, 512, True),
+        loaded.tokenizer.pad_token_id,
+        loaded.padding_side,
+        loaded.kind == "causal",
+    )
     return loaded, plan, batch
 
 
@@ -35,8 +39,10 @@ def test_early_stop_skips_everything_after_the_last_needed_module(tiny_dirs):
     assert plan.hooks.stop_event == ("post", "transformer.h.0")
     calls = []
     mods = dict(loaded.module.named_modules())
-    h = [mods[n].register_forward_hook(lambda *a, n=n: calls.append(n))
-         for n in ("transformer.h.1", "transformer.ln_f", "lm_head")]
+    h = [
+        mods[n].register_forward_hook(lambda *a, n=n: calls.append(n))
+        for n in ("transformer.h.1", "transformer.ln_f", "lm_head")
+    ]
     Interleaver(loaded, plan.hooks).run(batch)
     for x in h:
         x.remove()
@@ -70,8 +76,9 @@ def test_hooks_installed_per_batch_and_removed_even_on_error(tiny_dirs, tmp_path
 
 
 def test_skip_patch_is_removed_after_the_batch(tiny_dirs):
-    loaded, plan, batch = setup(tiny_dirs["gpt2"], [
-        {"skip": "layers.1"}, {"save": "layers.2.output"}])
+    loaded, plan, batch = setup(
+        tiny_dirs["gpt2"], [{"skip": "layers.1"}, {"save": "layers.2.output"}]
+    )
     layer = dict(loaded.module.named_modules())["transformer.h.1"]
     Interleaver(loaded, plan.hooks).run(batch)
     assert "forward" not in layer.__dict__
@@ -79,20 +86,26 @@ def test_skip_patch_is_removed_after_the_batch(tiny_dirs):
 
 def test_ops_run_in_execution_order_not_list_order(tiny_dirs):
     """A save listed before the set that feeds it still sees the set's effect downstream."""
-    loaded, plan, batch = setup(tiny_dirs["gpt2"], [
-        {"save": "layers.2.input", "as": "late"},
-        {"set": "layers.1.output", "value": {"zeros": True}},
-    ])
+    loaded, plan, batch = setup(
+        tiny_dirs["gpt2"],
+        [
+            {"save": "layers.2.input", "as": "late"},
+            {"set": "layers.1.output", "value": {"zeros": True}},
+        ],
+    )
     out = Interleaver(loaded, plan.hooks).run(batch)
     assert all(torch.count_nonzero(r) == 0 for r in out["late"])
 
 
 def test_from_site_that_runs_later_is_a_plan_error_naming_both(tiny_dirs):
     with pytest.raises(PlanError) as e:
-        setup(tiny_dirs["gpt2"], [
-            {"set": "layers.0.output", "value": {"from": "layers.2.output"}},
-            {"save": "layers.2.output"},
-        ])
+        setup(
+            tiny_dirs["gpt2"],
+            [
+                {"set": "layers.0.output", "value": {"from": "layers.2.output"}},
+                {"save": "layers.2.output"},
+            ],
+        )
     msg = str(e.value)
     assert "layers.2.output" in msg and "transformer.h.0" in msg and "ops.0" in msg
 
@@ -107,8 +120,11 @@ def test_op_error_on_real_values_names_the_op(tiny_dirs, tmp_path):
 
     np.save(tmp_path / "bad.npy", np.ones(7, dtype=np.float32))
     with pytest.raises(PlanError, match=r"ops.0.*\[7\].*\[.*32\]"):
-        setup(tiny_dirs["gpt2"], [
-            {"set": "layers.0.output", "value": {"file": {"path": str(tmp_path / "bad.npy")}}},
-            {"save": "layers.1.output"},
-        ])
+        setup(
+            tiny_dirs["gpt2"],
+            [
+                {"set": "layers.0.output", "value": {"file": {"path": str(tmp_path / "bad.npy")}}},
+                {"save": "layers.1.output"},
+            ],
+        )
     assert issubclass(OpError, RuntimeError)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from conftest import ARCHS, PROMPTS, by_id, make_spec
 from reference import alone, first
 
@@ -24,15 +25,25 @@ def close(a, b, atol=ATOL):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_save_every_layer_matches_hooks_and_hidden_states(arch, tiny_dirs, tiny_models, run_spec):
     model, tok = tiny_models[arch]
-    ds = run_spec(make_spec(tiny_dirs[arch], None, [
-        {"save": "layers.*.output", "as": "h"},
-        {"save": "embed.output", "as": "emb"},
-    ]))
+    ds = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            [
+                {"save": "layers.*.output", "as": "h"},
+                {"save": "embed.output", "as": "emb"},
+            ],
+        )
+    )
     cols = {i: by_id(ds, f"h.{i}") for i in range(3)}
     emb = by_id(ds, "emb")
     for k, prompt in enumerate(PROMPTS):
-        got, out = alone(model, tok, prompt, capture={f"h{i}": f"{LAYER[arch]}.{i}" for i in range(3)}
-                         | {"emb": EMBED[arch]})
+        got, _ = alone(
+            model,
+            tok,
+            prompt,
+            capture={f"h{i}": f"{LAYER[arch]}.{i}" for i in range(3)} | {"emb": EMBED[arch]},
+        )
         ids = tok(prompt, return_tensors="pt")
         with torch.no_grad():
             hs = model(**ids, output_hidden_states=True).hidden_states
@@ -46,11 +57,18 @@ def test_save_every_layer_matches_hooks_and_hidden_states(arch, tiny_dirs, tiny_
 @pytest.mark.parametrize("arch", ARCHS)
 def test_positions_and_selectors_index_real_tokens(arch, tiny_dirs, tiny_models, run_spec):
     model, tok = tiny_models[arch]
-    ds = run_spec(make_spec(tiny_dirs[arch], None, [
-        {"save": "layers.1.output", "positions": [-1, 0, 1], "as": "pos"},
-        {"save": "layers.1.output[:, -1, :]", "as": "last"},
-        {"save": "layers.1.output[:, 0, 2:5]", "as": "first_slice"},
-    ], prompts=[p for p in PROMPTS if len(p) >= 2]))
+    ds = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            [
+                {"save": "layers.1.output", "positions": [-1, 0, 1], "as": "pos"},
+                {"save": "layers.1.output[:, -1, :]", "as": "last"},
+                {"save": "layers.1.output[:, 0, 2:5]", "as": "first_slice"},
+            ],
+            prompts=[p for p in PROMPTS if len(p) >= 2],
+        )
+    )
     pos, last, sl = by_id(ds, "pos"), by_id(ds, "last"), by_id(ds, "first_slice")
     for k, prompt in enumerate(p for p in PROMPTS if len(p) >= 2):
         h = first(alone(model, tok, prompt, capture={"h": f"{LAYER[arch]}.1"})[0]["h"])[0]
@@ -60,17 +78,28 @@ def test_positions_and_selectors_index_real_tokens(arch, tiny_dirs, tiny_models,
 
 
 @pytest.mark.parametrize("arch", CAUSAL)
-def test_set_zero_add_scale_match_hooked_reference(arch, tiny_dirs, tiny_models, run_spec, tmp_path):
+def test_set_zero_add_scale_match_hooked_reference(
+    arch, tiny_dirs, tiny_models, run_spec, tmp_path
+):
     model, tok = tiny_models[arch]
     vec = np.linspace(-1, 1, 32, dtype=np.float32)
     np.save(tmp_path / "v.npy", vec)
-    ds = run_spec(make_spec(tiny_dirs[arch], None, [
-        {"set": "layers.0.mlp.output", "value": {"zeros": True}},
-        {"set": "layers.1.output", "value": {"file": {"path": str(tmp_path / "v.npy"),
-                                                        "scale": 2.0}}, "mode": "add"},
-        {"set": "layers.2.output", "value": 0.5, "mode": "scale", "positions": [-1]},
-        {"save": "logits", "positions": [-1, 0], "as": "logits"},
-    ]))
+    ds = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            [
+                {"set": "layers.0.mlp.output", "value": {"zeros": True}},
+                {
+                    "set": "layers.1.output",
+                    "value": {"file": {"path": str(tmp_path / "v.npy"), "scale": 2.0}},
+                    "mode": "add",
+                },
+                {"set": "layers.2.output", "value": 0.5, "mode": "scale", "positions": [-1]},
+                {"save": "logits", "positions": [-1, 0], "as": "logits"},
+            ],
+        )
+    )
     got = by_id(ds, "logits")
     v = torch.from_numpy(vec) * 2
 
@@ -80,27 +109,43 @@ def test_set_zero_add_scale_match_hooked_reference(arch, tiny_dirs, tiny_models,
         return o
 
     for k, prompt in enumerate(PROMPTS):
-        _, out = alone(model, tok, prompt, edit={
-            f"{LAYER[arch]}.0.mlp": lambda o: torch.zeros_like(o),
-            f"{LAYER[arch]}.1": lambda o: o + v,
-            f"{LAYER[arch]}.2": scale_last,
-        })
+        _, out = alone(
+            model,
+            tok,
+            prompt,
+            edit={
+                f"{LAYER[arch]}.0.mlp": lambda o: torch.zeros_like(o),
+                f"{LAYER[arch]}.1": lambda o: o + v,
+                f"{LAYER[arch]}.2": scale_last,
+            },
+        )
         close(got[k], out.logits[0, [-1, 0]], atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", CAUSAL)
 def test_set_from_earlier_site_and_input_sites(arch, tiny_dirs, tiny_models, run_spec):
     model, tok = tiny_models[arch]
-    ds = run_spec(make_spec(tiny_dirs[arch], None, [
-        {"set": "layers.2.output", "value": {"from": "layers.0.output"}},
-        {"save": "layers.2.output", "positions": [-1], "as": "h2"},
-        {"save": "layers.1.input", "as": "in1"},
-        {"save": "final_norm.input", "positions": [-1], "as": "norm_in"},
-    ]))
+    ds = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            [
+                {"set": "layers.2.output", "value": {"from": "layers.0.output"}},
+                {"save": "layers.2.output", "positions": [-1], "as": "h2"},
+                {"save": "layers.1.input", "as": "in1"},
+                {"save": "final_norm.input", "positions": [-1], "as": "norm_in"},
+            ],
+        )
+    )
     h2, in1, norm_in = by_id(ds, "h2"), by_id(ds, "in1"), by_id(ds, "norm_in")
     for k, prompt in enumerate(PROMPTS):
-        got, _ = alone(model, tok, prompt, capture={"h0": f"{LAYER[arch]}.0"},
-                       pre_capture={"in1": f"{LAYER[arch]}.1"})
+        got, _ = alone(
+            model,
+            tok,
+            prompt,
+            capture={"h0": f"{LAYER[arch]}.0"},
+            pre_capture={"in1": f"{LAYER[arch]}.1"},
+        )
         h0 = first(got["h0"])[0]
         close(h2[k], h0[[-1]])
         close(in1[k], got["in1"][0])
@@ -113,10 +158,14 @@ def test_skip_uses_replacement_and_never_runs_the_module(arch, tiny_dirs, tiny_m
     from raysight.models.loading import load_model
     from raysight.spec import parse_spec
 
-    spec = make_spec(tiny_dirs[arch], None, [
-        {"skip": "layers.1", "with": "layers.0.output"},
-        {"save": "logits", "positions": [-1], "as": "logits"},
-    ])
+    spec = make_spec(
+        tiny_dirs[arch],
+        None,
+        [
+            {"skip": "layers.1", "with": "layers.0.output"},
+            {"save": "logits", "positions": [-1], "as": "logits"},
+        ],
+    )
     ds = run_spec(spec)
     got = by_id(ds, "logits")
     for k, prompt in enumerate(PROMPTS):
@@ -137,8 +186,9 @@ def test_skip_uses_replacement_and_never_runs_the_module(arch, tiny_dirs, tiny_m
     mods = dict(loaded.module.named_modules())
     hs = [mods[f"{LAYER[arch]}.1.mlp"].register_forward_hook(lambda *a: calls.append(1))]
     rows, _, _ = read_rows(parsed.data)
-    batch = collate(encode(loaded.tokenizer, rows, 512, True), loaded.tokenizer.pad_token_id,
-                    "left", True)
+    batch = collate(
+        encode(loaded.tokenizer, rows, 512, True), loaded.tokenizer.pad_token_id, "left", True
+    )
     Interleaver(loaded, plan.hooks).run(batch)
     hs[0].remove()
     assert calls == []
@@ -147,15 +197,31 @@ def test_skip_uses_replacement_and_never_runs_the_module(arch, tiny_dirs, tiny_m
 @pytest.mark.parametrize("arch", CAUSAL)
 def test_logit_lens_and_reductions(arch, tiny_dirs, tiny_models, run_spec):
     model, tok = tiny_models[arch]
-    ds = run_spec(make_spec(tiny_dirs[arch], None, [
-        {"save": "layers.1.output", "positions": [-1], "apply": ["final_norm", "lm_head"],
-         "reduce": {"topk": 4}, "as": "lens"},
-        {"save": "layers.1.output", "positions": [-1], "apply": ["final_norm", "lm_head"],
-         "as": "lens_full"},
-        {"save": "layers.1.output", "reduce": "norm", "as": "norm"},
-        {"save": "layers.1.output", "positions": [-2, -1], "reduce": "mean", "as": "mean"},
-        {"save": "logits", "positions": [-1], "reduce": "argmax", "as": "pred"},
-    ], prompts=[p for p in PROMPTS if len(p) >= 2]))
+    ds = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            [
+                {
+                    "save": "layers.1.output",
+                    "positions": [-1],
+                    "apply": ["final_norm", "lm_head"],
+                    "reduce": {"topk": 4},
+                    "as": "lens",
+                },
+                {
+                    "save": "layers.1.output",
+                    "positions": [-1],
+                    "apply": ["final_norm", "lm_head"],
+                    "as": "lens_full",
+                },
+                {"save": "layers.1.output", "reduce": "norm", "as": "norm"},
+                {"save": "layers.1.output", "positions": [-2, -1], "reduce": "mean", "as": "mean"},
+                {"save": "logits", "positions": [-1], "reduce": "argmax", "as": "pred"},
+            ],
+            prompts=[p for p in PROMPTS if len(p) >= 2],
+        )
+    )
     mods = dict(model.named_modules())
     for k, prompt in enumerate(p for p in PROMPTS if len(p) >= 2):
         cap, out = alone(model, tok, prompt, capture={"h": f"{LAYER[arch]}.1"})
@@ -175,10 +241,16 @@ def test_standardized_output_is_the_hidden_state_raw_path_is_raw(tiny_dirs, tiny
     """layers.N.attn.output means the attention output whether the module returns a tuple or
     not; the raw path gives the raw value, and [0] picks from the tuple."""
     model, tok = tiny_models["gpt2"]
-    ds = run_spec(make_spec(tiny_dirs["gpt2"], None, [
-        {"save": "layers.0.attn.output", "as": "std"},
-        {"save": "transformer.h.0.attn.output[0]", "as": "raw"},
-    ]))
+    ds = run_spec(
+        make_spec(
+            tiny_dirs["gpt2"],
+            None,
+            [
+                {"save": "layers.0.attn.output", "as": "std"},
+                {"save": "transformer.h.0.attn.output[0]", "as": "raw"},
+            ],
+        )
+    )
     std, raw = by_id(ds, "std"), by_id(ds, "raw")
     for k, prompt in enumerate(PROMPTS):
         cap, _ = alone(model, tok, prompt, capture={"a": "transformer.h.0.attn"})
@@ -195,10 +267,13 @@ def test_sequential_factory_model(run_spec):
     spec = {
         "model": {"factory": "tiny:sequential", "factory_kwargs": {"width": 8}},
         "data": {"prompts": [{"x": x.tolist()} for x in xs], "input_field": "x"},
-        "ops": [{"save": "1.output", "as": "relu"},
-                {"set": "2.output", "value": {"zeros": True}},
-                {"save": "4.output", "as": "out"}],
-        "output": {"path": ""}, "execution": {"runner": "local", "max_batch_rows": 4},
+        "ops": [
+            {"save": "1.output", "as": "relu"},
+            {"set": "2.output", "value": {"zeros": True}},
+            {"save": "4.output", "as": "out"},
+        ],
+        "output": {"path": ""},
+        "execution": {"runner": "local", "max_batch_rows": 4},
     }
     ds = run_spec(spec)
     ref = tiny.sequential(8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from conftest import PROMPTS, by_id, make_spec
 
 nnsight = pytest.importorskip("nnsight")
@@ -37,10 +38,16 @@ def close(a, b, atol=1e-5):
 @pytest.mark.parametrize("arch", list(LAYERS))
 def test_save_matches_nnsight(arch, nn_models, tiny_dirs, run_spec):
     lm, layers = nn_models[arch], LAYERS[arch]
-    ds = run_spec(make_spec(tiny_dirs[arch], None, [
-        {"save": "layers.2.output", "as": "h2"},
-        {"save": "layers.0.mlp.output", "positions": [-1], "as": "mlp0"},
-    ]))
+    ds = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            [
+                {"save": "layers.2.output", "as": "h2"},
+                {"save": "layers.0.mlp.output", "positions": [-1], "as": "mlp0"},
+            ],
+        )
+    )
     h2, mlp0 = by_id(ds, "h2"), by_id(ds, "mlp0")
     for k, prompt in enumerate(PROMPTS):
         with lm.trace(prompt):
@@ -53,12 +60,18 @@ def test_save_matches_nnsight(arch, nn_models, tiny_dirs, run_spec):
 @pytest.mark.parametrize("arch", list(LAYERS))
 def test_set_and_skip_match_nnsight(arch, nn_models, tiny_dirs, run_spec):
     lm, layers = nn_models[arch], LAYERS[arch]
-    ds = run_spec(make_spec(tiny_dirs[arch], None, [
-        {"set": "layers.0.mlp.output", "value": {"zeros": True}},
-        {"set": "layers.1.output[:, -1, :]", "value": 3.0},
-        {"skip": "layers.2", "with": "layers.1.output"},
-        {"save": "logits", "positions": [-1], "as": "logits"},
-    ]))
+    ds = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            [
+                {"set": "layers.0.mlp.output", "value": {"zeros": True}},
+                {"set": "layers.1.output[:, -1, :]", "value": 3.0},
+                {"skip": "layers.2", "with": "layers.1.output"},
+                {"save": "logits", "positions": [-1], "as": "logits"},
+            ],
+        )
+    )
     got = by_id(ds, "logits")
     for k, prompt in enumerate(PROMPTS):
         with lm.trace(prompt):
@@ -72,10 +85,20 @@ def test_set_and_skip_match_nnsight(arch, nn_models, tiny_dirs, run_spec):
 @pytest.mark.parametrize("arch", list(LAYERS))
 def test_logit_lens_matches_nnsight(arch, nn_models, tiny_dirs, run_spec):
     lm, layers = nn_models[arch], LAYERS[arch]
-    ds = run_spec(make_spec(tiny_dirs[arch], None, [
-        {"save": "layers.*.output", "positions": [-1], "apply": ["final_norm", "lm_head"],
-         "as": "lens"},
-    ]))
+    ds = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            [
+                {
+                    "save": "layers.*.output",
+                    "positions": [-1],
+                    "apply": ["final_norm", "lm_head"],
+                    "as": "lens",
+                },
+            ],
+        )
+    )
     for k, prompt in enumerate(PROMPTS):
         refs = []
         with lm.trace(prompt):
@@ -88,15 +111,19 @@ def test_logit_lens_matches_nnsight(arch, nn_models, tiny_dirs, run_spec):
 
 def test_sequential_matches_nnsight(run_spec):
     import numpy as np
+
     import tiny
 
     xs = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
-    ds = run_spec({
-        "model": {"factory": "tiny:sequential"},
-        "data": {"prompts": [{"x": x.tolist()} for x in xs], "input_field": "x"},
-        "ops": [{"set": "1.output", "value": 2.0, "mode": "scale"}, {"save": "3.output"}],
-        "output": {"path": ""}, "execution": {"runner": "local"},
-    })
+    ds = run_spec(
+        {
+            "model": {"factory": "tiny:sequential"},
+            "data": {"prompts": [{"x": x.tolist()} for x in xs], "input_field": "x"},
+            "ops": [{"set": "1.output", "value": 2.0, "mode": "scale"}, {"save": "3.output"}],
+            "output": {"path": ""},
+            "execution": {"runner": "local"},
+        }
+    )
     model = nnsight.NNsight(tiny.sequential())
     with model.trace(torch.from_numpy(xs)):
         model[1].output = model[1].output * 2.0

@@ -26,7 +26,10 @@ def char_tokenizer(with_bos: bool = False):
             single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
         )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+        tokenizer_object=tk,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
         eos_token="</s>",
     )
 
@@ -46,19 +49,41 @@ def build(arch: str, seed: int = 0):
 
     torch.manual_seed(seed)
     if arch == "gpt2":
-        cfg = GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=256,
-                         bos_token_id=2, eos_token_id=3, pad_token_id=0)
+        cfg = GPT2Config(
+            n_layer=3,
+            n_embd=32,
+            n_head=4,
+            vocab_size=VOCAB,
+            n_positions=256,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
+        )
         model = GPT2LMHeadModel(cfg)
     elif arch == "llama":
-        cfg = LlamaConfig(num_hidden_layers=3, hidden_size=32, intermediate_size=64,
-                          num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                          max_position_embeddings=256, bos_token_id=2, eos_token_id=3,
-                          pad_token_id=0)
+        cfg = LlamaConfig(
+            num_hidden_layers=3,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=VOCAB,
+            max_position_embeddings=256,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
+        )
         model = LlamaForCausalLM(cfg)
     elif arch == "bert":
-        cfg = BertConfig(num_hidden_layers=3, hidden_size=32, intermediate_size=64,
-                         num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=256,
-                         pad_token_id=0)
+        cfg = BertConfig(
+            num_hidden_layers=3,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            vocab_size=VOCAB,
+            max_position_embeddings=256,
+            pad_token_id=0,
+        )
         model = BertModel(cfg)
     else:
         raise ValueError(arch)
@@ -77,6 +102,9 @@ def sequential(width: int = 8, seed: int = 0) -> torch.nn.Module:
     """A plain nn.Sequential, loadable as model.factory 'tiny:sequential'."""
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Linear(width, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.Tanh(),
+        torch.nn.Linear(width, 16),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 16),
+        torch.nn.Tanh(),
         torch.nn.Linear(16, 4),
     )

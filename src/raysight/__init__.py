@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .spec import (  # noqa: E402 - __version__ first: the engine reads it
+from .spec import (
     Spec,
     SpecBuilder,
     SpecError,
@@ -51,7 +51,7 @@ def run(spec: Any, *, overwrite: bool = False, **kwargs: Any):
     return _run(spec, overwrite=overwrite, **kwargs)
 
 
-def open(path: Any):  # noqa: A001 - raysight.open(path) is the documented reader
+def open(path: Any):
     """Open a raysight output directory (see :class:`raysight.writers.reader.Dataset`)."""
     from .writers.reader import open_dataset
 

@@ -19,8 +19,14 @@ __all__ = ["main"]
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="spec file (.yaml / .yml / .json)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec field, e.g. --set output.path=out/x (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. --set output.path=out/x (repeatable)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,15 +34,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a spec and write its dataset")
     _add_spec_args(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a dataset of a different spec at output.path")
-    p.add_argument("--local", action="store_true",
-                   help="run in this process instead of a Ray actor (execution.runner=local)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset of a different spec at output.path",
+    )
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="run in this process instead of a Ray actor (execution.runner=local)",
+    )
     p.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else local Ray)")
     p = sub.add_parser("validate", help="check a spec (and, unless --no-model, its sites)")
     _add_spec_args(p)
-    p.add_argument("--no-model", action="store_true",
-                   help="check the spec alone: instant, no torch import")
+    p.add_argument(
+        "--no-model", action="store_true", help="check the spec alone: instant, no torch import"
+    )
     p = sub.add_parser("plan", help="resolve sites on the meta model; print schema and sizes")
     _add_spec_args(p)
     p = sub.add_parser("schema", help="print the spec's JSON Schema")
@@ -54,8 +67,16 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .models.bundled import BundledError
     from .models.loading import ModelLoadError
 
-    return (DataError, ClusterError, OutputError, OpError, PlanError, ValueError_,
-            ModelLoadError, BundledError)
+    return (
+        DataError,
+        ClusterError,
+        OutputError,
+        OpError,
+        PlanError,
+        ValueError_,
+        ModelLoadError,
+        BundledError,
+    )
 
 
 def _plan(spec: Spec) -> dict[str, Any]:
@@ -72,8 +93,12 @@ def _plan(spec: Spec) -> dict[str, Any]:
     sample = rows[0].payload if rows and spec.data.input_field else None
     plan = make_plan(spec, sample, id_type, loaded=meta)
     if meta.tokenizer is not None and rows:
-        lengths = [len(e.ids) for e in encode(meta.tokenizer, rows, spec.data.max_length,
-                                              spec.data.add_special_tokens)]
+        lengths = [
+            len(e.ids)
+            for e in encode(
+                meta.tokenizer, rows, spec.data.max_length, spec.data.add_special_tokens
+            )
+        ]
     else:
         lengths = [1] * len(rows)
     tokens = sum(lengths)
@@ -83,10 +108,18 @@ def _plan(spec: Spec) -> dict[str, Any]:
     return {
         "model": {"kind": plan.model_kind, "architecture": plan.architecture},
         "stop_after": plan.hooks.stop_event[1] if plan.hooks.stop_event else None,
-        "columns": [{"name": c.name, "site": c.site, "dtype": c.dtype,
-                     "shape": ["tokens" if d is None else d for d in c.shape]}
-                    for c in plan.columns],
-        "input_rows": total, "rows_with_errors": len(bad), "tokens": tokens,
+        "columns": [
+            {
+                "name": c.name,
+                "site": c.site,
+                "dtype": c.dtype,
+                "shape": ["tokens" if d is None else d for d in c.shape],
+            }
+            for c in plan.columns
+        ],
+        "input_rows": total,
+        "rows_with_errors": len(bad),
+        "tokens": tokens,
         "output_rows": out_rows,
         "bytes_per_row": round(total_bytes / max(out_rows, 1)),
         "estimated_bytes": round(total_bytes),
@@ -126,27 +159,36 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
     if args.command == "validate":
         info = _plan(spec)
-        print(f"{args.spec}: OK — {len(info['columns'])} column(s) on a "
-              f"{info['model']['architecture'] or info['model']['kind']} model")
+        print(
+            f"{args.spec}: OK — {len(info['columns'])} column(s) on a "
+            f"{info['model']['architecture'] or info['model']['kind']} model"
+        )
         return 0
     if args.command == "plan":
         info = _plan(spec)
-        print(f"model: {info['model']['architecture'] or info['model']['kind']}; forward stops "
-              f"after: {info['stop_after'] or '(runs to the end)'}")
+        print(
+            f"model: {info['model']['architecture'] or info['model']['kind']}; forward stops "
+            f"after: {info['stop_after'] or '(runs to the end)'}"
+        )
         print("columns:")
         for c in info["columns"]:
             print(f"  {c['name']:<28} {c['dtype']:<9} {c['shape']}  <- {c['site']}")
-        print(f"input rows: {info['input_rows']} ({info['rows_with_errors']} unusable), "
-              f"tokens: {info['tokens']}, output rows: {info['output_rows']}")
-        print(f"size: ~{_human(info['bytes_per_row'])} per row, "
-              f"~{_human(info['estimated_bytes'])} in all")
+        print(
+            f"input rows: {info['input_rows']} ({info['rows_with_errors']} unusable), "
+            f"tokens: {info['tokens']}, output rows: {info['output_rows']}"
+        )
+        print(
+            f"size: ~{_human(info['bytes_per_row'])} per row, "
+            f"~{_human(info['estimated_bytes'])} in all"
+        )
         print("schema:\n  " + info["schema"].replace("\n", "\n  "))
         return 0
     from .engine.run import run
 
     if args.local:
-        spec = spec.model_copy(update={"execution": spec.execution.model_copy(
-            update={"runner": "local"})})
+        spec = spec.model_copy(
+            update={"execution": spec.execution.model_copy(update={"runner": "local"})}
+        )
     if args.address:
         import os
 

@@ -48,8 +48,9 @@ def encode(tokenizer: Any, rows: list[Any], max_length: int, add_special: bool) 
     ids = tokenizer(texts, add_special_tokens=add_special, truncation=False)["input_ids"]
     out = []
     for row, toks in zip(rows, ids):
-        out.append(Encoded(row.example_id, list(toks[:max_length]), row.payload,
-                           len(toks) > max_length))
+        out.append(
+            Encoded(row.example_id, list(toks[:max_length]), row.payload, len(toks) > max_length)
+        )
     return out
 
 

@@ -19,7 +19,7 @@ from ..models.loading import LoadedModel, load_model, meta_safe
 from ..spec.models import Spec
 from ..writers.encode import ColumnInfo, arrow_field
 
-__all__ = ["RunPlan", "make_plan", "identity_fields"]
+__all__ = ["RunPlan", "identity_fields", "make_plan"]
 
 
 @dataclass
@@ -55,7 +55,9 @@ def _row_shape(data: Any) -> tuple[tuple[int, ...], torch.dtype]:
     return tuple(data[0].shape), data[0].dtype
 
 
-def _infer_columns(spec: Spec, loaded: LoadedModel, hooks: HookPlan, sample: Any) -> list[ColumnInfo]:
+def _infer_columns(
+    spec: Spec, loaded: LoadedModel, hooks: HookPlan, sample: Any
+) -> list[ColumnInfo]:
     need = max((max(max(p) + 1, -min(p)) for p in _all_positions(spec)), default=1)
     lengths = (max(8, need + 2), max(8, need + 2) + 3)
     runs = []
@@ -65,7 +67,7 @@ def _infer_columns(spec: Spec, loaded: LoadedModel, hooks: HookPlan, sample: Any
                 runs.append(Interleaver(loaded, hooks).run(_meta_batch(loaded, sample, length)))
         except (OpError, SelectError) as e:
             raise PlanError([str(e)]) from None
-        except Exception as e:  # noqa: BLE001 - model code on meta tensors; say what failed
+        except Exception as e:
             raise PlanError([f"model: a meta-device forward with the ops failed ({e})"]) from None
     where = {s.column: s for s in hooks.saves}
     problems, cols = [], []
@@ -75,15 +77,19 @@ def _infer_columns(spec: Spec, loaded: LoadedModel, hooks: HookPlan, sample: Any
         base = name.removesuffix("_ids").removesuffix("_values")
         act = where.get(name) or where.get(base)
         if None in shape[1:]:
-            problems.append(f"{act.where}: '{name}' changes shape with the prompt length in "
-                            f"more than its first dimension ({list(a)} vs {list(b)}); select a "
-                            "fixed part of it (positions or an index)")
+            problems.append(
+                f"{act.where}: '{name}' changes shape with the prompt length in "
+                f"more than its first dimension ({list(a)} vs {list(b)}); select a "
+                "fixed part of it (positions or an index)"
+            )
             continue
         col = ColumnInfo(name, str(dtype).removeprefix("torch."), shape, act.target.label)
         if spec.output.layout == "per_token":
             if not col.variable:
-                problems.append(f"{act.where}: '{name}' has no token dimension (per-row shape "
-                                f"{list(a)}); output.layout per_token needs one per token")
+                problems.append(
+                    f"{act.where}: '{name}' has no token dimension (per-row shape "
+                    f"{list(a)}); output.layout per_token needs one per token"
+                )
                 continue
             col = ColumnInfo(name, col.dtype, col.shape[1:], col.site)
         cols.append(col)
@@ -99,11 +105,15 @@ def _all_positions(spec: Spec) -> list[list[int]]:
 def identity_fields(spec: Spec, kind: str, id_type: pa.DataType) -> list[pa.Field]:
     fields = [pa.field("example_id", id_type, nullable=False)]
     if spec.output.layout == "per_token":
-        fields += [pa.field("position", pa.int32(), nullable=False),
-                   pa.field("token_id", pa.int32(), nullable=False)]
+        fields += [
+            pa.field("position", pa.int32(), nullable=False),
+            pa.field("token_id", pa.int32(), nullable=False),
+        ]
     elif kind != "tensor":
-        fields += [pa.field("n_tokens", pa.int32(), nullable=False),
-                   pa.field("input_ids", pa.large_list(pa.int32()), nullable=False)]
+        fields += [
+            pa.field("n_tokens", pa.int32(), nullable=False),
+            pa.field("input_ids", pa.large_list(pa.int32()), nullable=False),
+        ]
     if spec.output.include_text and kind != "tensor":
         fields.append(pa.field("text", pa.large_string(), nullable=False))
     return fields
@@ -123,7 +133,7 @@ def make_plan(
         raise PlanError(["data.input_field is for model.factory models; this model takes text"])
     try:
         tree = trace_tree(meta, sample)
-    except Exception as e:  # noqa: BLE001 - any model code may fail here; say where
+    except Exception as e:
         raise PlanError([f"model: a forward pass on the meta device failed ({e})"]) from None
     hooks = resolve(spec, meta, tree)
     cols = _infer_columns(spec, meta, hooks, sample)

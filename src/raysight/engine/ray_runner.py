@@ -30,14 +30,27 @@ def init_ray(address: str | None, num_cpus: int) -> None:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(address="local", num_cpus=max(num_cpus, os.cpu_count() or 1),
-                     include_dashboard=False, log_to_driver=True)
+            ray.init(
+                address="local",
+                num_cpus=max(num_cpus, os.cpu_count() or 1),
+                include_dashboard=False,
+                log_to_driver=True,
+            )
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ClusterError(f"cannot connect to Ray at {address or 'a new local instance'}: {e}")
+        raise ClusterError(
+            f"cannot connect to Ray at {address or 'a new local instance'}: {e}"
+        ) from None
 
 
-def run_on_ray(spec: Spec, spec_data: dict, id_type: str, sample: Any,
-               todo: list[tuple], done: Callable, address: str | None = None) -> None:
+def run_on_ray(
+    spec: Spec,
+    spec_data: dict,
+    id_type: str,
+    sample: Any,
+    todo: list[tuple],
+    done: Callable,
+    address: str | None = None,
+) -> None:
     import ray
 
     from .worker import ShardRunner
@@ -46,10 +59,14 @@ def run_on_ray(spec: Spec, spec_data: dict, id_type: str, sample: Any,
     init_ray(address, ex.cpus_per_actor)
     gpus = ray.cluster_resources().get("GPU", 0)
     if ex.gpus_per_actor > gpus:
-        raise ClusterError(f"execution.gpus_per_actor is {ex.gpus_per_actor} but the Ray "
-                           f"cluster has {gpus:g} GPU(s)")
+        raise ClusterError(
+            f"execution.gpus_per_actor is {ex.gpus_per_actor} but the Ray "
+            f"cluster has {gpus:g} GPU(s)"
+        )
     actor_cls = ray.remote(ShardRunner).options(
-        num_cpus=ex.cpus_per_actor, num_gpus=ex.gpus_per_actor, max_restarts=2,
+        num_cpus=ex.cpus_per_actor,
+        num_gpus=ex.gpus_per_actor,
+        max_restarts=2,
         max_task_retries=2,
     )
     actor = actor_cls.remote(spec_data, id_type, sample, ex.cpus_per_actor)

@@ -53,9 +53,11 @@ class RunSummary:
 
     def __str__(self) -> str:
         tps = self.tokens / self.seconds if self.seconds else 0.0
-        return (f"{self.path}: {self.examples} examples -> {self.rows} rows in {self.shards} "
-                f"shard(s) ({self.shards_run} run now), {self.errors} row error(s), "
-                f"{self.tokens} tokens in {self.seconds:.1f} s ({tps:,.0f} tokens/s)")
+        return (
+            f"{self.path}: {self.examples} examples -> {self.rows} rows in {self.shards} "
+            f"shard(s) ({self.shards_run} run now), {self.errors} row error(s), "
+            f"{self.tokens} tokens in {self.seconds:.1f} s ({tps:,.0f} tokens/s)"
+        )
 
 
 def _versions() -> dict[str, str]:
@@ -63,9 +65,14 @@ def _versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"raysight": __version__, "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "pyarrow": pa.__version__, "ray": ray.__version__}
+    return {
+        "raysight": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pyarrow": pa.__version__,
+        "ray": ray.__version__,
+    }
 
 
 def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] | None:
@@ -75,8 +82,10 @@ def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] |
     manifest = read_manifest(out) if out.exists() else None
     if manifest is None:
         if out.exists() and any(p for p in out.iterdir() if p.name != SPEC_FILE):
-            raise OutputError(f"output.path {str(out)!r} exists, is not empty and holds no "
-                              "raysight dataset; choose another path (nothing was deleted)")
+            raise OutputError(
+                f"output.path {str(out)!r} exists, is not empty and holds no "
+                "raysight dataset; choose another path (nothing was deleted)"
+            )
         return None
     if manifest.get("spec_hash") == digest:
         return manifest
@@ -94,8 +103,11 @@ def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] |
 def _shards(total: int, size: int, rows: list[Row], errs: list[RowError]) -> Iterator[tuple]:
     for k in range(max(1, -(-total // size))):
         lo, hi = k * size, (k + 1) * size
-        yield (k, [r for r in rows if lo <= r.index < hi],
-               [(e.example_id, e.reason) for e in errs if lo <= e.index < hi])
+        yield (
+            k,
+            [r for r in rows if lo <= r.index < hi],
+            [(e.example_id, e.reason) for e in errs if lo <= e.index < hi],
+        )
 
 
 def run(
@@ -120,13 +132,17 @@ def run(
     sample = rows[0].payload if rows and spec.data.input_field else None
     plan = make_plan(spec, sample, pa.type_for_alias(id_type))
     manifest = previous or {
-        "format": "raysight-dataset/1", "spec_hash": digest, "spec": spec_data,
-        "versions": _versions(), "model": {"kind": plan.model_kind,
-                                           "architecture": plan.architecture},
-        "layout": spec.output.layout, "format_files": spec.output.format,
+        "format": "raysight-dataset/1",
+        "spec_hash": digest,
+        "spec": spec_data,
+        "versions": _versions(),
+        "model": {"kind": plan.model_kind, "architecture": plan.architecture},
+        "layout": spec.output.layout,
+        "format_files": spec.output.format,
         "columns": [asdict(c) for c in plan.columns],
         "schema": plan.schema.to_string(show_schema_metadata=False),
-        "input_rows": total, "shards": {},
+        "input_rows": total,
+        "shards": {},
     }
     write_json_atomic(out / MANIFEST_FILE, manifest)
 
@@ -143,29 +159,49 @@ def run(
         errors = read_errors + res.errors
         append_errors(out, res.shard, errors)
         manifest["shards"][str(res.shard)] = {
-            "status": "done", "file": res.file, "rows": res.rows, "examples": res.examples,
-            "tokens": res.tokens, "padded_tokens": res.padded_tokens,
-            "truncated": res.truncated, "errors": len(errors), "seconds": round(res.seconds, 3),
+            "status": "done",
+            "file": res.file,
+            "rows": res.rows,
+            "examples": res.examples,
+            "tokens": res.tokens,
+            "padded_tokens": res.padded_tokens,
+            "truncated": res.truncated,
+            "errors": len(errors),
+            "seconds": round(res.seconds, 3),
         }
         write_json_atomic(out / MANIFEST_FILE, manifest)
         tps = res.tokens / res.seconds if res.seconds else 0
-        log(f"  shard {res.shard}: {res.examples} examples, {res.rows} rows, {len(errors)} "
-            f"error(s), {res.seconds:.1f} s ({tps:,.0f} tokens/s)")
+        log(
+            f"  shard {res.shard}: {res.examples} examples, {res.rows} rows, {len(errors)} "
+            f"error(s), {res.seconds:.1f} s ({tps:,.0f} tokens/s)"
+        )
 
     if todo:
         _execute(spec, spec_data, plan, id_type, sample, todo, done)
     shards = manifest["shards"].values()
     summary = RunSummary(
-        str(out), n_shards, len(todo), sum(s["examples"] for s in shards),
-        sum(s["rows"] for s in shards), sum(s["tokens"] for s in shards),
-        sum(s["errors"] for s in shards), time.perf_counter() - t0,
+        str(out),
+        n_shards,
+        len(todo),
+        sum(s["examples"] for s in shards),
+        sum(s["rows"] for s in shards),
+        sum(s["tokens"] for s in shards),
+        sum(s["errors"] for s in shards),
+        time.perf_counter() - t0,
     )
     log(f"raysight: done. {summary}")
     return summary
 
 
-def _execute(spec: Spec, spec_data: dict, plan: RunPlan, id_type: str, sample: Any,
-             todo: list[tuple], done: Callable) -> None:
+def _execute(
+    spec: Spec,
+    spec_data: dict,
+    plan: RunPlan,
+    id_type: str,
+    sample: Any,
+    todo: list[tuple],
+    done: Callable,
+) -> None:
     ex = spec.execution
     if ex.runner == "local":
         runner = ShardRunner(spec_data, id_type, sample, None)

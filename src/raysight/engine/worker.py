@@ -61,19 +61,29 @@ class ShardRunner:
         return encode(self.loaded.tokenizer, rows, d.max_length, d.add_special_tokens)
 
     def _min_tokens(self) -> int:
-        pos = [p for op in [*self.spec.edits, *self.spec.ops]
-               for p in (getattr(op, "positions", None) or [])]
+        pos = [
+            p
+            for op in [*self.spec.edits, *self.spec.ops]
+            for p in (getattr(op, "positions", None) or [])
+        ]
         return max([1, *(max(p + 1, -p) for p in pos)])
 
     def _collate(self, items: list[Encoded], rows: dict[Any, Row]) -> Batch:
         if self.loaded.kind == "tensor":
             xs = [torch.as_tensor(rows[e.example_id].payload, dtype=torch.float32) for e in items]
             n = len(items)
-            return Batch([e.example_id for e in items], {"input": torch.stack(xs)},
-                         [0] * n, [1] * n, None, [None] * n)
+            return Batch(
+                [e.example_id for e in items],
+                {"input": torch.stack(xs)},
+                [0] * n,
+                [1] * n,
+                None,
+                [None] * n,
+            )
         tok = self.loaded.tokenizer
-        return collate(items, tok.pad_token_id, self.loaded.padding_side,
-                       self.loaded.kind == "causal")
+        return collate(
+            items, tok.pad_token_id, self.loaded.padding_side, self.loaded.kind == "causal"
+        )
 
     # -------------------------------------------------------------- output
     def _record_batch(self, batch: Batch, values: dict[str, Any]) -> pa.RecordBatch:
@@ -116,12 +126,22 @@ class ShardRunner:
             if not e.ids:
                 errors.append((e.example_id, "the text tokenizes to no tokens"))
             elif self.loaded.kind != "tensor" and len(e.ids) < need:
-                errors.append((e.example_id, f"{len(e.ids)} tokens, but the ops' positions "
-                               f"need at least {need}"))
+                errors.append(
+                    (
+                        e.example_id,
+                        f"{len(e.ids)} tokens, but the ops' positions need at least {need}",
+                    )
+                )
             else:
                 items.append(e)
-        writer = ShardWriter(self.out, shard, self.plan.schema, self.spec.output.format,
-                             self.spec.output.compression, self.spec.output.row_group_bytes)
+        writer = ShardWriter(
+            self.out,
+            shard,
+            self.plan.schema,
+            self.spec.output.format,
+            self.spec.output.compression,
+            self.spec.output.row_group_bytes,
+        )
         writer.start()
         tokens = padded = examples = 0
         try:
@@ -136,8 +156,17 @@ class ShardRunner:
             writer.fail()
             raise
         truncated = sum(e.truncated for e in items)
-        return ShardResult(shard, path.name, writer.rows, examples, tokens, padded, truncated,
-                           time.perf_counter() - t0, errors)
+        return ShardResult(
+            shard,
+            path.name,
+            writer.rows,
+            examples,
+            tokens,
+            padded,
+            truncated,
+            time.perf_counter() - t0,
+            errors,
+        )
 
     def _run_group(self, group: list[Encoded], rows: dict[Any, Row], errors: list) -> Any:
         """Run one batch; if an op fails on it, run its rows alone so only bad rows are lost."""

@@ -15,7 +15,7 @@ import torch
 
 from ..data.batching import Batch
 from ..models.loading import LoadedModel
-from ..spec.models import FileValue, NoiseValue, TopK, ZerosValue
+from ..spec.models import FileValue, TopK, ZerosValue
 from .resolve import HookPlan, SaveAction, SetAction, SkipAction, Target
 from .selectors import (
     SelectError,
@@ -69,15 +69,17 @@ def _has_seq(x: torch.Tensor, ctx: _Ctx) -> bool:
     return ctx.token_model and x.dim() >= 2 and x.shape[1] == ctx.width
 
 
-def _rows(x: torch.Tensor, tgt: Target, groups: tuple, positions: list[int] | None,
-          ctx: _Ctx) -> torch.Tensor | list[torch.Tensor]:
+def _rows(
+    x: torch.Tensor, tgt: Target, groups: tuple, positions: list[int] | None, ctx: _Ctx
+) -> torch.Tensor | list[torch.Tensor]:
     """Per-row values of a batched tensor: [rows, ...] when fixed-shape, else a list."""
     b = ctx.batch
     seq = _has_seq(x, ctx)
     if positions is not None:
         if not seq:
-            raise SelectError(f"{tgt.label}: positions need a sequence dimension; shape is "
-                              f"{list(x.shape)}")
+            raise SelectError(
+                f"{tgt.label}: positions need a sequence dimension; shape is {list(x.shape)}"
+            )
         idx = abs_positions(positions, b.starts, b.lengths, x.device)
         x = x[torch.arange(ctx.size, device=x.device)[:, None], idx]
         seq = False
@@ -150,8 +152,10 @@ class Interleaver:
         if isinstance(val, Target):
             v = src[i]
             if torch.broadcast_shapes(v.shape, like.shape) != like.shape:
-                raise SelectError(f"{where}: source '{val.label}' has per-row shape "
-                                  f"{list(v.shape)}, target has {list(like.shape)}")
+                raise SelectError(
+                    f"{where}: source '{val.label}' has per-row shape "
+                    f"{list(v.shape)}, target has {list(like.shape)}"
+                )
             return v.to(like.dtype)
         return make_value(val, like, ctx.batch.example_ids[i], where)
 
@@ -168,8 +172,9 @@ class Interleaver:
         path, groups = split_index(tgt.index, value, tgt.primary)
         x = container_get(value, path)
         if x.dim() == 0 or x.shape[0] != ctx.size:
-            raise SelectError(f"{tgt.label}: value of shape {list(x.shape)} has no batch "
-                              "dimension to set per row")
+            raise SelectError(
+                f"{tgt.label}: value of shape {list(x.shape)} has no batch dimension to set per row"
+            )
         src = None
         if isinstance(act.value, Target):
             src_data = _extract(ctx.store[act.value.key], act.value, None, ctx)
@@ -188,8 +193,10 @@ class Interleaver:
             ar = torch.arange(ctx.size, device=x.device)[:, None]
             idx = abs_positions(act.positions, b.starts, b.lengths, x.device)
             sub = x[ar, idx]
-            vals = [self._row_value(act.value, sub[i], i, src, ctx, where)
-                    for i in range(1 if uniform else ctx.size)]
+            vals = [
+                self._row_value(act.value, sub[i], i, src, ctx, where)
+                for i in range(1 if uniform else ctx.size)
+            ]
             v = vals[0] if uniform else torch.stack([v.expand_as(sub[0]) for v in vals])
             new[ar, idx] = self._combine(sub, v, act.mode)
         elif not groups and uniform:
@@ -260,8 +267,13 @@ class Interleaver:
                 out = container_get(ctx.store[sk.with_.key], path)
             else:
                 like = torch.zeros_like(first)
-                act = SetAction(Target(sk.module, "output", False, (), sk.module), sk.with_,
-                                "replace", None, sk.where)
+                act = SetAction(
+                    Target(sk.module, "output", False, (), sk.module),
+                    sk.with_,
+                    "replace",
+                    None,
+                    sk.where,
+                )
                 out = self._set(like, act, ctx)
             return (out, *([None] * (n_out - 1))) if n_out else out
 
@@ -279,9 +291,7 @@ class Interleaver:
                 handles.append(self.modules[name].register_forward_hook(hook))
             for name in {m for a, m in keys if a != "output"}:
                 hook = self._pre_hook(name, keys, ctx)
-                handles.append(
-                    self.modules[name].register_forward_pre_hook(hook, with_kwargs=True)
-                )
+                handles.append(self.modules[name].register_forward_pre_hook(hook, with_kwargs=True))
             for name, sk in self.plan.skips.items():
                 mod = self.modules[name]
                 patched.append((mod, mod.__dict__.get("forward")))

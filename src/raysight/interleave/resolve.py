@@ -112,9 +112,11 @@ class HookPlan:
     def columns(self) -> list[str]:
         out = []
         for s in self.saves:
-            out += [f"{s.column}_ids", f"{s.column}_values"] if isinstance(s.reduce, TopK) else [
-                s.column
-            ]
+            out += (
+                [f"{s.column}_ids", f"{s.column}_values"]
+                if isinstance(s.reduce, TopK)
+                else [s.column]
+            )
         return out
 
 
@@ -211,8 +213,11 @@ class _Resolver:
                 self.fail(where, f"module '{raw}' is not called in a forward pass")
                 continue
             if self.tree.calls[raw] > 1:
-                self.fail(where, f"module '{raw}' runs {self.tree.calls[raw]} times per forward; "
-                          "ops on modules called more than once are not supported")
+                self.fail(
+                    where,
+                    f"module '{raw}' runs {self.tree.calls[raw]} times per forward; "
+                    "ops on modules called more than once are not supported",
+                )
                 continue
             label = str(s.with_module(shown)) if s.module != "logits" else "logits"
             out.append(Target(raw, s.attr or "output", standard, s.index, label))
@@ -239,8 +244,11 @@ class _Resolver:
         si = self.tree.event_index(*src.event)
         ti = self.tree.event_index(*target_event)
         if si is not None and ti is not None and si >= ti:
-            self.fail(where, f"'{src.label}' is computed after the target '{target_event[1]}' "
-                      "runs, so it cannot be used there; pick a site that runs earlier")
+            self.fail(
+                where,
+                f"'{src.label}' is computed after the target '{target_event[1]}' "
+                "runs, so it cannot be used there; pick a site that runs earlier",
+            )
             return None
         self.plan.sources.add(src.key)
         return src
@@ -321,15 +329,21 @@ class _Resolver:
             for key, actions in self.plan.actions.items():
                 if key[1].startswith(raw + "."):
                     for a in actions:
-                        self.fail(a.where, f"'{a.target.label}' is never computed: its module "
-                                  f"is inside '{raw}', which {sk.where} skips")
+                        self.fail(
+                            a.where,
+                            f"'{a.target.label}' is never computed: its module "
+                            f"is inside '{raw}', which {sk.where} skips",
+                        )
 
     def check_columns(self) -> None:
         seen: dict[str, str] = {}
         for s in self.plan.saves:
             if s.column in seen:
-                self.fail(s.where, f"column '{s.column}' is also written by {seen[s.column]}; "
-                          "give one of them another `as`")
+                self.fail(
+                    s.where,
+                    f"column '{s.column}' is also written by {seen[s.column]}; "
+                    "give one of them another `as`",
+                )
             seen.setdefault(s.column, s.where)
 
 

@@ -20,7 +20,7 @@ from ..spec.models import FileValue, NoiseValue, ZerosValue
 __all__ = ["ValueError_", "check_broadcast", "load_tensor_file", "make_value", "row_seed"]
 
 
-class ValueError_(ValueError):  # noqa: N801 - distinct from the builtin on purpose
+class ValueError_(ValueError):
     """A value that cannot be built (unreadable file, wrong shape)."""
 
 

@@ -98,7 +98,8 @@ def _from_factory(spec: ModelSpec, dev: torch.device) -> torch.nn.Module:
         module = obj(**spec.factory_kwargs)
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(
-            f"model.factory {spec.factory!r} returned {type(module).__name__}, not a torch.nn.Module"
+            f"model.factory {spec.factory!r} returned {type(module).__name__}, "
+            "not a torch.nn.Module"
         )
     return module.to(dtype=_DTYPES.get(spec.dtype, torch.float32))
 
@@ -160,7 +161,9 @@ def _from_hf(spec: ModelSpec, dev: torch.device, meta: bool):
         tok_kw = kw if spec.tokenizer is None else {"trust_remote_code": spec.trust_remote_code}
         tok = AutoTokenizer.from_pretrained(spec.tokenizer or path, **tok_kw)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load a tokenizer from {spec.tokenizer or path!r}: {e}") from None
+        raise ModelLoadError(
+            f"cannot load a tokenizer from {spec.tokenizer or path!r}: {e}"
+        ) from None
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ModelLoadError("the tokenizer has neither a pad nor an eos token to pad with")

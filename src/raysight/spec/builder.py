@@ -131,8 +131,12 @@ class ValueRef:
     ) -> ValueRef:
         """Save this value (nnsight's ``.save()``), optionally through modules and a reduction."""
         op: dict[str, Any] = {"save": self.site}
-        for key, val in (("as", name), ("positions", positions), ("reduce", reduce),
-                         ("dtype", dtype)):
+        for key, val in (
+            ("as", name),
+            ("positions", positions),
+            ("reduce", reduce),
+            ("dtype", dtype),
+        ):
             if val is not None:
                 op[key] = list(val) if key == "positions" else val
         if apply:

@@ -51,7 +51,9 @@ def _read(path: Path) -> Any:
             return json.loads(text)
         return yaml.safe_load(text)
     except json.JSONDecodeError as e:
-        raise SpecError([f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"], str(path))
+        raise SpecError(
+            [f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"], str(path)
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -76,10 +78,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node: Any = data
         try:
             for part in parts[:-1]:
-                if isinstance(node, list):
-                    node = node[int(part)]
-                else:
-                    node = node.setdefault(part, {})
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
             last = parts[-1]
             if isinstance(node, list):
                 node[int(last)] = value
@@ -103,12 +102,17 @@ def _yaml_path(loc: tuple[Any, ...]) -> str:
     out: list[str] = []
     for i, part in enumerate(loc):
         prev = loc[i - 1] if i else None
-        if isinstance(part, str) and (
-            (isinstance(prev, int) and part in _OP_TAGS and i + 1 < len(loc))
-            or (prev in ("value", "with") and part in _VALUE_TAGS)
-            or (prev == "reduce" and (part == "name" or (part == "topk" and i + 1 < len(loc))))
-            or not part.replace("_", "").isalnum()  # e.g. "literal['argmax']", "function-after[…]"
-            or part[:1].isupper()  # a model class name such as TopK
+        if (
+            isinstance(part, str)
+            and (
+                (isinstance(prev, int) and part in _OP_TAGS and i + 1 < len(loc))
+                or (prev in ("value", "with") and part in _VALUE_TAGS)
+                or (prev == "reduce" and (part == "name" or (part == "topk" and i + 1 < len(loc))))
+                or not part.replace(
+                    "_", ""
+                ).isalnum()  # e.g. "literal['argmax']", "function-after[…]"
+                or part[:1].isupper()  # a model class name such as TopK
+            )
         ):
             continue
         out.append(str(part))
@@ -128,9 +132,7 @@ def _format_errors(err: ValidationError) -> list[str]:
     return out
 
 
-def parse_spec(
-    data: Any, overrides: list[str] | None = None, source: str | None = None
-) -> Spec:
+def parse_spec(data: Any, overrides: list[str] | None = None, source: str | None = None) -> Spec:
     """Validate a spec given as a dict (after applying overrides)."""
     if not isinstance(data, dict):
         raise SpecError([f"a spec is a mapping of sections, got {type(data).__name__}"], source)
@@ -155,8 +157,10 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
 
 def dump_spec(spec: Spec, fmt: str = "yaml", full: bool = False) -> str:
     """YAML or JSON text; ``full`` writes every default too (the resolved spec)."""
-    data = spec_to_dict(spec) if full else spec.model_dump(
-        mode="json", by_alias=True, exclude_none=True, exclude_defaults=True
+    data = (
+        spec_to_dict(spec)
+        if full
+        else spec.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
     )
     if fmt == "json":
         return json.dumps(data, indent=2, sort_keys=False)

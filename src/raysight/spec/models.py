@@ -187,8 +187,11 @@ class FromValue(_Strict):
 def _value_tag(v: Any) -> str | None:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return "number"
-    keys = set(v) if isinstance(v, dict) else {k for k in ("zeros", "noise", "file", "from_")
-                                               if getattr(v, k, None) is not None}
+    keys = (
+        set(v)
+        if isinstance(v, dict)
+        else {k for k in ("zeros", "noise", "file", "from_") if getattr(v, k, None) is not None}
+    )
     for key in ("zeros", "noise", "file"):
         if key in keys:
             return key
@@ -384,7 +387,9 @@ class Spec(_Strict):
             name = getattr(op, "as_", None)
             if name is not None:
                 if name in names:
-                    problems.append(f"ops.{i}.as: name {name!r} is already used by ops.{names[name]}")
+                    problems.append(
+                        f"ops.{i}.as: name {name!r} is already used by ops.{names[name]}"
+                    )
                 names.setdefault(name, i)
             if self.output.layout == "per_token" and isinstance(op, (SaveOp, CacheOp)):
                 if op.positions is not None:

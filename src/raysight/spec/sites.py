@@ -7,8 +7,8 @@ part is always the attribute, so a module that is itself called ``output`` (BERT
 ``encoder.layer.0.output``) is reached as ``encoder.layer.0.output.output``. A *module site*
 (``skip`` targets, ``cache`` globs, ``apply`` modules) has no attribute.
 
-Module paths may hold ``*`` (any child) and ``a:b[:step]`` (children a..b-1) parts; they expand against
-the model's module tree in :func:`expand_module_pattern`.
+Module paths may hold ``*`` (any child) and ``a:b[:step]`` (children a..b-1) parts; they expand
+against the model's module tree in :func:`expand_module_pattern`.
 """
 
 from __future__ import annotations

@@ -24,9 +24,15 @@ import torch
 __all__ = ["ColumnInfo", "arrow_field", "encode_column"]
 
 _NP = {
-    torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
-    torch.int64: np.int64, torch.int32: np.int32, torch.int16: np.int16, torch.int8: np.int8,
-    torch.uint8: np.uint8, torch.bool: np.bool_,
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.float64: np.float64,
+    torch.int64: np.int64,
+    torch.int32: np.int32,
+    torch.int16: np.int16,
+    torch.int8: np.int8,
+    torch.uint8: np.uint8,
+    torch.bool: np.bool_,
 }
 _TORCH = {str(k).removeprefix("torch."): k for k in [*_NP, torch.bfloat16]}
 
@@ -88,13 +94,17 @@ def encode_column(col: ColumnInfo, data: Any) -> pa.Array:
     if col.variable:
         rows = list(data) if not torch.is_tensor(data) else list(data.unbind(0))
         lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
-        flat = _flat_numpy(torch.cat([r.reshape(r.shape[0], -1) for r in rows])
-                           if rows else torch.empty(0, dtype=col.torch_dtype))
+        flat = _flat_numpy(
+            torch.cat([r.reshape(r.shape[0], -1) for r in rows])
+            if rows
+            else torch.empty(0, dtype=col.torch_dtype)
+        )
         rest = prod(col.shape[1:]) if col.shape[1:] else 1
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         if col.dtype == "bfloat16":
             return pa.LargeBinaryArray.from_buffers(
-                pa.large_binary(), len(rows),
+                pa.large_binary(),
+                len(rows),
                 [None, pa.py_buffer(offsets * rest * 2), pa.py_buffer(flat.tobytes())],
             )
         values = pa.array(flat)
@@ -106,9 +116,13 @@ def encode_column(col: ColumnInfo, data: Any) -> pa.Array:
     flat = _flat_numpy(batch)
     if col.dtype == "bfloat16":
         width = field.type.byte_width
-        return pa.FixedSizeBinaryArray.from_buffers(
-            field.type, n, [None, pa.py_buffer(flat.tobytes())]
-        ) if width else pa.array([], field.type)
+        return (
+            pa.FixedSizeBinaryArray.from_buffers(
+                field.type, n, [None, pa.py_buffer(flat.tobytes())]
+            )
+            if width
+            else pa.array([], field.type)
+        )
     values = pa.array(flat)
     if not col.shape:
         return values

@@ -102,11 +102,12 @@ def decode(arr: pa.Array, dtype: str, shape: list[int | None]) -> torch.Tensor |
         flat = flat.flatten() if rest else flat
         values = _from_numpy(flat.to_numpy(zero_copy_only=False), dtype)
         width = int(np.prod(rest)) if rest else 1
-        return [values[offsets[i] * width : offsets[i + 1] * width].reshape(-1, *rest)
-                for i in range(n)]
+        return [
+            values[offsets[i] * width : offsets[i + 1] * width].reshape(-1, *rest) for i in range(n)
+        ]
     dims = [int(d) for d in shape]
     if dtype == "bfloat16":
-        buf = np.frombuffer(arr.buffers()[1], dtype=np.uint16)[arr.offset * int(np.prod(dims)):]
+        buf = np.frombuffer(arr.buffers()[1], dtype=np.uint16)[arr.offset * int(np.prod(dims)) :]
         return _from_numpy(buf[: n * int(np.prod(dims))], dtype).reshape(n, *dims)
     if dims:
         arr = arr.flatten()

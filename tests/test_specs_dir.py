@@ -1,0 +1,40 @@
+"""Every file in specs/ documents itself, validates, and (slow) runs on SmolLM2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import raysight
+from raysight.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "specs").glob("*.yaml"))
+
+
+def test_there_are_specs():
+    assert len(SPECS) >= 8
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_spec_starts_with_what_it_shows_and_how_to_run_it(path):
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# ") and len(lines[0]) > 20
+    header = [line for line in lines if line.startswith("#")]
+    assert any(f"raysight run specs/{path.name}" in line for line in header)
+    assert main(["validate", str(path), "--no-model"]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
+def test_spec_runs(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # specs name their data files relative to the repository
+    out = tmp_path / path.stem
+    spec = raysight.load_spec(path, [f"output.path={out}", "execution.runner=local"])
+    summary = raysight.run(spec, log=lambda _: None)
+    ds = raysight.open(out)
+    assert summary.errors == 0 and ds.errors() == []
+    assert ds.table().num_rows == summary.rows > 0
+    for col in ds.columns:
+        ds.to_torch(col)

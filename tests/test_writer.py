@@ -1,0 +1,176 @@
+"""Writer and reader: dtypes (bfloat16 bit-exact), formats, layouts, plain readers, atomic files,
+row groups sized in bytes, and resume of finished shards."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import PROMPTS, by_id, make_spec
+from raysight.writers.encode import ColumnInfo, arrow_field, encode_column
+from raysight.writers.reader import decode
+from raysight.writers.shard import ShardWriter
+from reference import alone, first
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_round_trip_is_bit_exact(dtype, fmt, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    fixed = (torch.randn(5, 3, 4, generator=g) * 100).to(dtype)
+    var = [(torch.randn(n, 6, generator=g) * 100).to(dtype) for n in (3, 1, 7, 2, 5)]
+    name = str(dtype).removeprefix("torch.")
+    cols = [ColumnInfo("fixed", name, (3, 4)), ColumnInfo("var", name, (None, 6))]
+    schema = pa.schema([arrow_field(c) for c in cols])
+    w = ShardWriter(tmp_path, 0, schema, fmt).start()
+    batch = pa.RecordBatch.from_arrays(
+        [encode_column(cols[0], fixed), encode_column(cols[1], var)], schema=schema
+    )
+    w.write(batch)
+    path = w.commit()
+    table = pq.read_table(path) if fmt == "parquet" else pa.ipc.open_file(str(path)).read_all()
+    got_fixed = decode(table.column("fixed").combine_chunks(), name, [3, 4])
+    got_var = decode(table.column("var").combine_chunks(), name, [None, 6])
+    assert got_fixed.dtype == dtype
+    assert torch.equal(
+        got_fixed.view(torch.int16) if dtype == torch.bfloat16 else got_fixed,
+        fixed.view(torch.int16) if dtype == torch.bfloat16 else fixed,
+    )
+    for a, b in zip(got_var, var):
+        assert a.dtype == dtype and torch.equal(a.float(), b.float())
+    f = table.schema.field("fixed")
+    assert f.metadata[b"raysight.dtype"].decode() == name
+    if dtype != torch.bfloat16:  # plain pyarrow recovers the shape itself
+        nd = table.column("fixed").combine_chunks().to_numpy_ndarray()
+        assert nd.shape == (5, 3, 4)
+
+
+def test_failed_shard_leaves_no_file_and_temp_files_are_hidden(tmp_path):
+    col = ColumnInfo("x", "float32", (2,))
+    schema = pa.schema([arrow_field(col)])
+    done = ShardWriter(tmp_path, 0, schema).start()
+    done.write(pa.RecordBatch.from_arrays([encode_column(col, torch.ones(3, 2))], schema=schema))
+    done.commit()
+    w = ShardWriter(tmp_path, 1, schema).start()
+    w.write(pa.RecordBatch.from_arrays([encode_column(col, torch.ones(3, 2))], schema=schema))
+    assert w.tmp.name.startswith(".")
+    assert pq.read_table(tmp_path).num_rows == 3  # the unfinished file is invisible to readers
+    w.fail()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet"]
+
+
+def test_row_groups_are_sized_in_bytes(tmp_path):
+    col = ColumnInfo("x", "float32", (256,))  # 1 KiB a row
+    schema = pa.schema([arrow_field(col)])
+    w = ShardWriter(tmp_path, 0, schema, row_group_bytes=64 * 1024).start()
+    for _ in range(10):
+        w.write(
+            pa.RecordBatch.from_arrays([encode_column(col, torch.ones(20, 256))], schema=schema)
+        )
+    meta = pq.ParquetFile(w.commit()).metadata
+    assert meta.num_rows == 200
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert all(s >= 64 for s in sizes[:-1]) and max(sizes) <= 80, sizes
+
+
+def test_per_token_layout_drops_padding_and_matches_per_sequence(tiny_dirs, tiny_models, run_spec):
+    _, tok = tiny_models["llama"]
+    ops = [{"save": "layers.1.output", "as": "h"}]
+    seq = run_spec(make_spec(tiny_dirs["llama"], None, ops))
+    tokd = run_spec(
+        make_spec(
+            tiny_dirs["llama"],
+            None,
+            ops,
+            output={"layout": "per_token", "format": "arrow", "include_text": True},
+        )
+    )
+    t = tokd.table()
+    total = sum(len(tok(p)["input_ids"]) for p in PROMPTS)
+    assert t.num_rows == total
+    per_seq = by_id(seq, "h")
+    vals = tokd.to_torch("h")
+    ids, pos, tid = (t.column(c).to_pylist() for c in ("example_id", "position", "token_id"))
+    for r in range(t.num_rows):
+        torch.testing.assert_close(vals[r], per_seq[ids[r]][pos[r]], atol=1e-6, rtol=0)
+        assert tid[r] == tok(PROMPTS[ids[r]])["input_ids"][pos[r]]
+    assert t.column("text").to_pylist()[0] == PROMPTS[ids[0]]
+
+
+def test_plain_readers_understand_the_files(tiny_dirs, run_spec):
+    ds = run_spec(
+        make_spec(
+            tiny_dirs["gpt2"],
+            None,
+            [
+                {"save": "layers.1.output", "positions": [-1], "as": "last"},
+                {"save": "layers.1.output", "as": "full"},
+            ],
+        )
+    )
+    root = ds.path
+    t = pq.read_table(root)
+    assert t.num_rows == len(PROMPTS)
+    assert t.column("last").combine_chunks().to_numpy_ndarray().shape == (len(PROMPTS), 1, 32)
+    df = pl.read_parquet(f"{root}/*.parquet")
+    assert df.height == len(PROMPTS) and df["full"].dtype == pl.List(pl.Array(pl.Float32, 32))
+    n = duckdb.sql(f"select count(*), sum(len(\"full\")) from '{root}/*.parquet'").fetchall()[0]
+    assert n[0] == len(PROMPTS) and n[1] == sum(ds.table(["n_tokens"]).column(0).to_pylist())
+    assert ds.polars().height == len(PROMPTS) and len(ds.pandas()) == len(PROMPTS)
+
+
+def test_bfloat16_saves_are_bit_exact(tiny_dirs, tiny_models, run_spec):
+    model, tok = tiny_models["gpt2"]
+    ds = run_spec(
+        make_spec(
+            tiny_dirs["gpt2"],
+            None,
+            [{"save": "layers.1.output", "dtype": "bfloat16", "as": "h"}],
+            prompts=[PROMPTS[0]],
+        )
+    )
+    got = ds.to_torch("h")[0]
+    ref = first(alone(model, tok, PROMPTS[0], capture={"h": "transformer.h.1"})[0]["h"])[0]
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got.view(torch.int16), ref.to(torch.bfloat16).view(torch.int16))
+    assert json.loads(pq.read_schema(ds.files[0]).field("h").metadata[b"raysight.shape"]) == [
+        None,
+        32,
+    ]
+
+
+def test_resume_runs_only_unfinished_shards(tiny_dirs, tmp_path):
+    import raysight
+
+    spec = make_spec(
+        tiny_dirs["gpt2"],
+        tmp_path / "o",
+        [{"save": "layers.0.output", "as": "h"}],
+        execution={"shard_rows": 3},
+    )
+    logs = []
+    raysight.run(spec, log=logs.append)
+    files = sorted((tmp_path / "o").glob("part-*"))
+    assert len(files) == 4  # 10 rows in shards of 3
+    before = raysight.open(tmp_path / "o").to_torch("h")
+    files[2].unlink()
+    logs.clear()
+    raysight.run(spec, log=logs.append)
+    assert any("4 shard(s), 1 to run" in m for m in logs) and any("shard 2:" in m for m in logs)
+    after = raysight.open(tmp_path / "o").to_torch("h")
+    assert len(after) == len(before) == len(PROMPTS)
+    for a, b in zip(after, before):
+        assert torch.equal(a, b)
+    logs.clear()
+    raysight.run(spec, log=logs.append)
+    assert any("0 to run" in m for m in logs)
+    manifest = json.loads((tmp_path / "o" / "_manifest.json").read_text())
+    assert sum(s["examples"] for s in manifest["shards"].values()) == len(PROMPTS)
+    assert np.all([s["status"] == "done" for s in manifest["shards"].values()])
