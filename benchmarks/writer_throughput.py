@@ -59,8 +59,10 @@ def main() -> None:
         if dtype != torch.bfloat16:  # pyarrow has no bfloat16 type to compare against
             table = pa.table([encode_column(col, x)], schema=schema)
             secs = best(lambda t=table: pq.write_table(t, tmp / "default.parquet"), args.repeat)
-            print(f"{'pyarrow write_table, defaults (same tensor column)':<58} {name:<9} "
-                  f"{mb / secs:>8.0f}")
+            print(
+                f"{'pyarrow write_table, defaults (same tensor column)':<58} {name:<9} "
+                f"{mb / secs:>8.0f}"
+            )
         raw = x.contiguous().view(torch.uint8).numpy().tobytes()
         secs = best(lambda raw=raw: (tmp / "raw.bin").write_bytes(raw), args.repeat)
         print(f"{'raw file write (page cache)':<58} {name:<9} {mb / secs:>8.0f}")
