@@ -128,3 +128,29 @@ def test_op_error_on_real_values_names_the_op(tiny_dirs, tmp_path):
             ],
         )
     assert issubclass(OpError, RuntimeError)
+
+
+def test_set_from_with_positions_takes_the_same_positions_of_the_source(tiny_dirs):
+    loaded, plan, batch = setup(
+        tiny_dirs["llama"],
+        [
+            {"save": "layers.0.output", "as": "h0"},
+            {"set": "layers.2.output", "positions": [-1], "value": {"from": "layers.0.output"}},
+            {"save": "layers.2.output", "as": "h2"},
+        ],
+    )
+    out = Interleaver(loaded, plan.hooks).run(batch)
+    for h0, h2 in zip(out["h0"], out["h2"]):
+        assert torch.equal(h2[-1], h0[-1])
+        assert not torch.equal(h2[0], h0[0])  # other positions keep layer 2's own value
+
+
+def test_skip_with_an_index_selector_is_refused(tiny_dirs):
+    with pytest.raises(PlanError, match="must be a whole value"):
+        setup(
+            tiny_dirs["gpt2"],
+            [
+                {"skip": "layers.1", "with": "layers.0.output[:, -1]"},
+                {"save": "layers.2.output"},
+            ],
+        )

@@ -285,3 +285,30 @@ def test_sequential_factory_model(run_spec):
     for i in range(9):
         close(relu_got[i], relu[i])
         close(out_got[i], out[i])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cache_and_edits_match_hooks(arch, tiny_dirs, tiny_models, run_spec):
+    """cache = every layer's output; edits apply to every row before the ops."""
+    model, tok = tiny_models[arch]
+    layer = LAYER[arch]
+    edit_site = "layers.0.mlp.output" if arch != "bert" else "layers.0.output"
+    edit_path = f"{layer}.0.mlp" if arch != "bert" else f"{layer}.0"
+    ds = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            [{"cache": "layers.*", "as": "c"}],
+        )
+        | {"edits": [{"set": edit_site, "value": 0.25}]}
+    )
+    for k, prompt in enumerate(PROMPTS):
+        got, _ = alone(
+            model,
+            tok,
+            prompt,
+            capture={f"h{i}": f"{layer}.{i}" for i in range(3)},
+            edit={edit_path: lambda o: torch.full_like(first(o), 0.25)},
+        )
+        for i in range(3):
+            close(by_id(ds, f"c.layers.{i}")[k], first(got[f"h{i}"])[0])

@@ -169,8 +169,29 @@ def test_resume_runs_only_unfinished_shards(tiny_dirs, tmp_path):
     for a, b in zip(after, before):
         assert torch.equal(a, b)
     logs.clear()
+    stale = tmp_path / "o" / ".part-00001.parquet.999.tmp"  # as a killed run would leave it
+    stale.write_bytes(b"partial")
     raysight.run(spec, log=logs.append)
-    assert any("0 to run" in m for m in logs)
+    assert any("0 to run" in m for m in logs) and not stale.exists()
     manifest = json.loads((tmp_path / "o" / "_manifest.json").read_text())
     assert sum(s["examples"] for s in manifest["shards"].values()) == len(PROMPTS)
     assert np.all([s["status"] == "done" for s in manifest["shards"].values()])
+
+
+def test_a_different_shard_size_is_a_different_dataset(tiny_dirs, tmp_path):
+    """Shard boundaries decide which rows a file holds: mixing two sizes would duplicate rows."""
+    import raysight
+    from raysight.engine.run import OutputError
+
+    spec = make_spec(
+        tiny_dirs["gpt2"],
+        tmp_path / "o",
+        [{"save": "layers.0.output"}],
+        execution={"shard_rows": 3},
+    )
+    raysight.run(spec, log=lambda _: None)
+    spec["execution"]["shard_rows"] = 4
+    with pytest.raises(OutputError, match="different spec"):
+        raysight.run(spec, log=lambda _: None)
+    spec["execution"] = {"runner": "local", "shard_rows": 3, "batch_tokens": 99}
+    raysight.run(spec, log=lambda _: None)  # batching does not change results: same dataset

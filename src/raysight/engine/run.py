@@ -80,6 +80,9 @@ def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] |
     if out.exists() and not out.is_dir():
         raise OutputError(f"output.path {str(out)!r} is a file, not a directory")
     manifest = read_manifest(out) if out.exists() else None
+    if manifest is not None:  # a killed run may have left unfinished (hidden) shard files
+        for stale in out.glob(".part-*.tmp"):
+            stale.unlink()
     if manifest is None:
         if out.exists() and any(p for p in out.iterdir() if p.name != SPEC_FILE):
             raise OutputError(

@@ -135,17 +135,18 @@ class Interleaver:
         for name in act.apply:
             data = _map(data, self.modules[name].forward)  # direct call: no hooks fire
         red = _map(data, lambda t: _reduce(t, act.reduce))
+        cast = (lambda t: t.to(_DTYPES[act.dtype])) if act.dtype else (lambda t: t)
         if isinstance(act.reduce, TopK):
             if torch.is_tensor(data):
                 vals, ids = red
             else:
                 vals, ids = [r[0] for r in red], [r[1] for r in red]
             ctx.results[f"{act.column}_ids"] = ids
-            ctx.results[f"{act.column}_values"] = vals
-            return
-        if act.dtype is not None and act.reduce != "argmax":
-            red = _map(red, lambda t: t.to(_DTYPES[act.dtype]))
-        ctx.results[act.column] = red
+            ctx.results[f"{act.column}_values"] = _map(vals, cast)
+        elif act.reduce == "argmax":
+            ctx.results[act.column] = red  # token ids: never cast
+        else:
+            ctx.results[act.column] = _map(red, cast)
 
     # ------------------------------------------------------------------ sets
     def _row_value(self, val: Any, like: torch.Tensor, i: int, src: Any, ctx: _Ctx, where: str):
@@ -177,7 +178,8 @@ class Interleaver:
             )
         src = None
         if isinstance(act.value, Target):
-            src_data = _extract(ctx.store[act.value.key], act.value, None, ctx)
+            # With positions, the source gives the same positions of the same row.
+            src_data = _extract(ctx.store[act.value.key], act.value, act.positions, ctx)
             src = list(src_data) if torch.is_tensor(src_data) else src_data
         seq = _has_seq(x, ctx)
         new = x.clone()  # never write into a tensor another module may still hold
@@ -185,7 +187,7 @@ class Interleaver:
         uniform = isinstance(act.value, (int, float, ZerosValue)) or (
             isinstance(act.value, FileValue)
             and load_tensor_file(act.value.file.path, act.value.file.key).dim()
-            < x.dim() - 1 - int(seq)
+            <= x.dim() - 1 - int(seq)  # spans no token dimension: same for every row
         )
         if act.positions is not None:
             if not seq:
@@ -263,7 +265,14 @@ class Interleaver:
             if sk.with_ is None:
                 out = first
             elif isinstance(sk.with_, Target):
-                path, _ = split_index(sk.with_.index, ctx.store[sk.with_.key], sk.with_.primary)
+                path, groups = split_index(
+                    sk.with_.index, ctx.store[sk.with_.key], sk.with_.primary
+                )
+                if groups:
+                    raise SelectError(
+                        f"{sk.where}.with: '{sk.with_.label}' must be a whole value (a tuple "
+                        "element at most): a skipped module's output replaces the whole batch"
+                    )
                 out = container_get(ctx.store[sk.with_.key], path)
             else:
                 like = torch.zeros_like(first)

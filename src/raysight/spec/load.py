@@ -168,9 +168,10 @@ def dump_spec(spec: Spec, fmt: str = "yaml", full: bool = False) -> str:
 
 
 def spec_hash(spec: Spec) -> str:
-    """Hash of what determines the output (execution details excluded)."""
+    """Hash of what determines the output. Execution details are left out (results do not depend
+    on them), except shard_rows: it fixes which input rows each shard file holds."""
     data = spec_to_dict(spec)
-    data.pop("execution", None)
+    data["shard_rows"] = data.pop("execution", {}).get("shard_rows")
     data.get("output", {}).pop("path", None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
