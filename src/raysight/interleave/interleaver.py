@@ -69,6 +69,20 @@ def _has_seq(x: torch.Tensor, ctx: _Ctx) -> bool:
     return ctx.token_model and x.dim() >= 2 and x.shape[1] == ctx.width
 
 
+def _row_view(x: torch.Tensor, i: int, seq: bool, groups: tuple, ctx: _Ctx, label: str):
+    """Row i as nnsight shows a prompt run alone: batch dim kept, padding cut, selectors applied.
+
+    Only basic indexing is used, so the result is a view: writing into it writes into ``x``.
+    """
+    b = ctx.batch
+    r = x[i : i + 1]
+    if seq:
+        r = r[:, b.starts[i] : b.starts[i] + b.lengths[i]]
+    for g in groups:
+        r = r[to_torch_index(g, r.dim(), label)]
+    return r
+
+
 def _rows(
     x: torch.Tensor, tgt: Target, groups: tuple, positions: list[int] | None, ctx: _Ctx
 ) -> torch.Tensor | list[torch.Tensor]:
@@ -87,15 +101,7 @@ def _rows(
         if not seq:
             return x
         return [x[i, b.starts[i] : b.starts[i] + b.lengths[i]] for i in range(ctx.size)]
-    out = []
-    for i in range(ctx.size):
-        r = x[i : i + 1]
-        if seq:
-            r = r[:, b.starts[i] : b.starts[i] + b.lengths[i]]
-        for g in groups:
-            r = r[to_torch_index(g, r.dim(), tgt.label)]
-        out.append(r[0])
-    return out
+    return [_row_view(x, i, seq, groups, ctx, tgt.label)[0] for i in range(ctx.size)]
 
 
 def _extract(value: Any, tgt: Target, positions: list[int] | None, ctx: _Ctx):
@@ -207,11 +213,7 @@ class Interleaver:
             new = self._combine(x, v, act.mode).clone()
         else:
             for i in range(ctx.size):
-                r = new[i : i + 1]
-                if seq:
-                    r = r[:, b.starts[i] : b.starts[i] + b.lengths[i]]
-                for g in groups:
-                    r = r[to_torch_index(g, r.dim(), tgt.label)]
+                r = _row_view(new, i, seq, groups, ctx, tgt.label)
                 v = self._row_value(act.value, r[0], i, src, ctx, where)
                 r.copy_(self._combine(r, v[None], act.mode))
         return container_set(value, path, new)

@@ -1,0 +1,35 @@
+"""Shared pieces of the spec models: the strict base class and site-checking validators."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .sites import SiteError, parse_module_site, parse_value_site
+
+__all__ = ["Dtype", "ValueSite", "_Strict", "_module_site", "_value_site"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, populate_by_name=True, frozen=True
+    )
+
+
+def _value_site(v: str) -> str:
+    try:
+        return str(parse_value_site(v))
+    except SiteError as e:
+        raise ValueError(str(e)) from None
+
+
+def _module_site(v: str) -> str:
+    try:
+        return str(parse_module_site(v))
+    except SiteError as e:
+        raise ValueError(str(e)) from None
+
+
+ValueSite = Annotated[str, Field(description="a value site, e.g. layers.5.output[:, -1]")]
+Dtype = Literal["float32", "float16", "bfloat16"]
