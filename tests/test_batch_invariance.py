@@ -1,14 +1,17 @@
 """A row's saved values do not depend on batch size, neighbours or padding side: the same rows at
-batch sizes 1, 7 and 32 (mixed lengths) agree within 1e-5 (fp32)."""
+batch sizes 1, 7 and 32 (mixed lengths), and on the other padding side, each equal within 1e-5
+(fp32) to the row run alone through the plain model with plain hooks."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
 import torch
 
 from conftest import by_id, make_spec
+from reference import alone, first
 
 WORDS = [
     "the",
@@ -29,6 +32,7 @@ WORDS = [
     "lazy",
     "dog",
 ]
+LAYER = {"gpt2": "transformer.h", "llama": "model.layers", "bert": "encoder.layer"}
 
 
 def prompts(n: int, seed: int = 0) -> list[str]:
@@ -36,22 +40,21 @@ def prompts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 14))) for _ in range(n)]
 
 
-OPS = [
-    {"set": "layers.0.mlp.output", "value": {"noise": {"std": 0.3, "seed": 3}}, "mode": "add"},
-    {"save": "layers.1.output", "as": "h1"},
-    {"save": "layers.2.output", "positions": [-1, 0], "as": "h2"},
-    {"save": "layers.2.output[:, -1, :]", "as": "last"},
-]
+def ops_for(arch: str) -> tuple[list[dict], str]:
+    edited = "layers.0.mlp.output" if arch != "bert" else "layers.0.output"
+    return [
+        {"set": edited, "value": 0.5, "mode": "scale"},
+        {"save": "layers.1.output", "as": "h1"},
+        {"save": "layers.2.output", "positions": [-1, 0], "as": "h2"},
+        {"save": "layers.2.output[:, -1, :]", "as": "last"},
+    ], edited.replace("layers.", f"{LAYER[arch]}.").removesuffix(".output")
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
-def test_batch_size_and_padding_side_do_not_change_values(arch, tiny_dirs, run_spec):
+def test_every_batching_equals_each_row_alone(arch, tiny_dirs, tiny_models, run_spec):
+    model, tok = tiny_models[arch]
     rows = prompts(40)
-    ops = (
-        OPS
-        if arch != "bert"
-        else [{**o, "set": "layers.0.output"} if "set" in o else o for o in OPS]
-    )
+    ops, edited = ops_for(arch)
     runs = {}
     for bs in (1, 7, 32):
         runs[bs] = run_spec(
@@ -63,41 +66,86 @@ def test_batch_size_and_padding_side_do_not_change_values(arch, tiny_dirs, run_s
                 execution={"max_batch_rows": bs, "batch_tokens": 10**6},
             )
         )
-    sides = ("right",) if arch != "bert" else ("left",)
-    for side in sides:  # the padding side the model does not use by default
-        runs[side] = run_spec(
-            make_spec(
-                tiny_dirs[arch],
-                None,
-                ops,
-                prompts=rows,
-                model={"padding_side": side},
-                execution={"max_batch_rows": 32},
-            )
+    other_side = "right" if arch != "bert" else "left"
+    runs[other_side] = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            ops,
+            prompts=rows,
+            model={"padding_side": other_side},
+            execution={"max_batch_rows": 32},
         )
-    for col in ("h1", "h2", "last"):
-        ref = by_id(runs[1], col)
-        for key, ds in runs.items():
-            got = by_id(ds, col)
-            for i in range(len(rows)):
+    )
+    got = {key: {c: by_id(ds, c) for c in ("h1", "h2", "last")} for key, ds in runs.items()}
+    layer = LAYER[arch]
+    for i, prompt in enumerate(rows):
+        cap, _ = alone(
+            model,
+            tok,
+            prompt,
+            capture={"h1": f"{layer}.1", "h2": f"{layer}.2"},
+            edit={edited: lambda o: first(o) * 0.5},
+        )
+        h1, h2 = first(cap["h1"])[0], first(cap["h2"])[0]
+        want = {"h1": h1, "h2": h2[[-1, 0]], "last": h2[-1]}
+        for key, cols in got.items():
+            for col, ref in want.items():
                 torch.testing.assert_close(
-                    got[i],
-                    ref[i],
+                    cols[col][i],
+                    ref,
                     atol=1e-5,
                     rtol=0,
-                    msg=lambda m, key=key, i=i, col=col: f"{key} {col} row {i}: {m}",
+                    msg=lambda m, k=key, c=col, i=i: f"{k} {c} row {i}: {m}",
                 )
 
 
-def test_token_budget_batches_are_invariant_too(tiny_dirs, run_spec):
+def expected_noise(seed: int, example_id, shape) -> torch.Tensor:
+    """The documented contract, re-implemented: N(0, 1) from a generator seeded by the first
+    8 bytes (little-endian, 63 bits) of sha256(f"{seed}\\0{example_id!r}")."""
+    digest = hashlib.sha256(f"{seed}\x00{example_id!r}".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.randn(shape, generator=g)
+
+
+def test_noise_is_per_row_and_batch_invariant(tiny_dirs, tiny_models, run_spec):
+    model, tok = tiny_models["llama"]
+    rows = prompts(12, seed=2)
+    ops = [
+        {"set": "layers.0.mlp.output", "value": {"noise": {"std": 0.3, "seed": 5}}, "mode": "add"},
+        {"save": "layers.1.output", "as": "h1"},
+    ]
+    runs = [
+        run_spec(
+            make_spec(tiny_dirs["llama"], None, ops, prompts=rows, execution={"max_batch_rows": bs})
+        )
+        for bs in (1, 5)
+    ]
+    for i, prompt in enumerate(rows):
+        n = len(tok(prompt)["input_ids"])
+        noise = expected_noise(5, i, (n, 32)) * 0.3
+        cap, _ = alone(
+            model,
+            tok,
+            prompt,
+            capture={"h1": "model.layers.1"},
+            edit={"model.layers.0.mlp": lambda o, z=noise: o + z},
+        )
+        for ds in runs:
+            torch.testing.assert_close(by_id(ds, "h1")[i], cap["h1"][0], atol=1e-5, rtol=0)
+
+
+def test_token_budget_batches_equal_rows_alone(tiny_dirs, tiny_models, run_spec):
+    model, tok = tiny_models["gpt2"]
     rows = prompts(25, seed=1)
+    ops, edited = ops_for("gpt2")
     small = run_spec(
-        make_spec(tiny_dirs["gpt2"], None, OPS, prompts=rows, execution={"batch_tokens": 16})
+        make_spec(tiny_dirs["gpt2"], None, ops, prompts=rows, execution={"batch_tokens": 16})
     )
-    big = run_spec(
-        make_spec(tiny_dirs["gpt2"], None, OPS, prompts=rows, execution={"batch_tokens": 100000})
-    )
-    a, b = by_id(small, "h1"), by_id(big, "h1")
-    assert a.keys() == b.keys() == set(range(25))
-    for i in a:
-        torch.testing.assert_close(a[i], b[i], atol=1e-5, rtol=0)
+    got = by_id(small, "h1")
+    assert set(got) == set(range(25))
+    for i, prompt in enumerate(rows):
+        cap, _ = alone(
+            model, tok, prompt, capture={"h1": "transformer.h.1"}, edit={edited: lambda o: o * 0.5}
+        )
+        torch.testing.assert_close(got[i], cap["h1"][0], atol=1e-5, rtol=0)

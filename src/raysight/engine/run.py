@@ -207,7 +207,7 @@ def _execute(
 ) -> None:
     ex = spec.execution
     if ex.runner == "local":
-        runner = ShardRunner(spec_data, id_type, sample, None)
+        runner = ShardRunner(spec_data, id_type, sample, None, plan=plan)
         for k, shard_rows, errs in todo:
             done(runner.run_shard(k, shard_rows), errs)
         return

@@ -21,7 +21,7 @@ from ..models.loading import load_model
 from ..spec.load import parse_spec
 from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
-from .plan import make_plan
+from .plan import RunPlan, make_plan
 
 __all__ = ["ShardResult", "ShardRunner"]
 
@@ -40,13 +40,25 @@ class ShardResult:
 
 
 class ShardRunner:
-    def __init__(self, spec_data: dict[str, Any], id_type: str, sample: Any, threads: int | None):
+    """One model replica. ``plan`` may be handed over in-process; an actor plans for itself
+    (planning is deterministic, so both get the same hooks and schema)."""
+
+    def __init__(
+        self,
+        spec_data: dict[str, Any],
+        id_type: str,
+        sample: Any,
+        threads: int | None,
+        plan: RunPlan | None = None,
+    ):
         if threads:
             torch.set_num_threads(threads)
         self.spec = parse_spec(spec_data)
         self.loaded = load_model(self.spec.model)
-        meta = load_model(self.spec.model, meta=True)
-        self.plan = make_plan(self.spec, sample, pa.type_for_alias(id_type), loaded=meta)
+        if plan is None:
+            meta = load_model(self.spec.model, meta=True)
+            plan = make_plan(self.spec, sample, pa.type_for_alias(id_type), loaded=meta)
+        self.plan = plan
         self.interleaver = Interleaver(self.loaded, self.plan.hooks)
         self.out = Path(self.spec.output.path)
 
