@@ -312,3 +312,34 @@ def test_cache_and_edits_match_hooks(arch, tiny_dirs, tiny_models, run_spec):
         )
         for i in range(3):
             close(by_id(ds, f"c.layers.{i}")[k], first(got[f"h{i}"])[0])
+
+
+def test_saves_and_sources_survive_later_in_place_ops(run_spec):
+    """A module that writes into its input (ReLU(inplace=True)) must not change what was saved
+    before it, nor a `from` source kept for later."""
+    import tiny
+
+    xs = np.random.default_rng(2).standard_normal((6, 8)).astype(np.float32)
+    ds = run_spec(
+        {
+            "model": {"factory": "tiny:sequential_inplace"},
+            "data": {"prompts": [{"x": x.tolist()} for x in xs], "input_field": "x"},
+            "ops": [
+                {"save": "0.output", "as": "lin0"},
+                {"set": "3.output", "value": {"from": "2.output"}},
+                {"save": "3.output", "as": "relu1"},
+            ],
+            "output": {"path": ""},
+            "execution": {"runner": "local"},
+        }
+    )
+    ref = tiny.sequential_inplace(8)
+    x = torch.from_numpy(xs)
+    with torch.no_grad():
+        lin0 = ref[0](x)
+        lin2 = ref[2](torch.relu(lin0))
+    assert (lin0 < 0).any() and (lin2 < 0).any()  # the in-place ReLUs would change these
+    got0, got3 = by_id(ds, "lin0"), by_id(ds, "relu1")
+    for i in range(6):
+        close(got0[i], lin0[i])
+        close(got3[i], lin2[i])  # layer 3's output replaced by layer 2's pre-ReLU output

@@ -108,3 +108,15 @@ def sequential(width: int = 8, seed: int = 0) -> torch.nn.Module:
         torch.nn.Tanh(),
         torch.nn.Linear(16, 4),
     )
+
+
+def sequential_inplace(width: int = 8, seed: int = 0) -> torch.nn.Module:
+    """Like :func:`sequential`, but its ReLUs modify their input in place."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(width, 16),
+        torch.nn.ReLU(inplace=True),
+        torch.nn.Linear(16, 16),
+        torch.nn.ReLU(inplace=True),
+        torch.nn.Linear(16, 4),
+    )

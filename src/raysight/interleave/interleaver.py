@@ -44,7 +44,6 @@ class _Stop(Exception):
 class _Ctx:
     batch: Batch
     token_model: bool
-    device: torch.device
     store: dict[tuple[str, str], Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -110,6 +109,17 @@ def _extract(value: Any, tgt: Target, positions: list[int] | None, ctx: _Ctx):
     return _rows(x, tgt, groups, positions, ctx)
 
 
+def _own(value: Any) -> Any:
+    """A private copy of every tensor in ``value``: later modules may write into theirs."""
+    if torch.is_tensor(value):
+        return value.clone()
+    if isinstance(value, tuple):
+        return tuple(_own(v) for v in value)
+    if isinstance(value, list):
+        return [_own(v) for v in value]
+    return value
+
+
 def _map(data: torch.Tensor | list[torch.Tensor], fn) -> Any:
     return fn(data) if torch.is_tensor(data) else [fn(r) for r in data]
 
@@ -138,6 +148,8 @@ class Interleaver:
     # ------------------------------------------------------------------ saves
     def _save(self, value: Any, act: SaveAction, ctx: _Ctx) -> None:
         data = _extract(value, act.target, act.positions, ctx)
+        if act.positions is None and not act.apply and act.reduce is None:
+            data = _map(data, torch.clone)  # a view of the live tensor otherwise
         for name in act.apply:
             data = _map(data, self.modules[name].forward)  # direct call: no hooks fire
         red = _map(data, lambda t: _reduce(t, act.reduce))
@@ -188,7 +200,6 @@ class Interleaver:
             src_data = _extract(ctx.store[act.value.key], act.value, act.positions, ctx)
             src = list(src_data) if torch.is_tensor(src_data) else src_data
         seq = _has_seq(x, ctx)
-        new = x.clone()  # never write into a tensor another module may still hold
         b = ctx.batch
         uniform = isinstance(act.value, (int, float, ZerosValue)) or (
             isinstance(act.value, FileValue)
@@ -198,6 +209,7 @@ class Interleaver:
         if act.positions is not None:
             if not seq:
                 raise SelectError(f"{tgt.label}: positions need a sequence dimension")
+            new = x.clone()  # never write into a tensor another module may still hold
             ar = torch.arange(ctx.size, device=x.device)[:, None]
             idx = abs_positions(act.positions, b.starts, b.lengths, x.device)
             sub = x[ar, idx]
@@ -210,8 +222,11 @@ class Interleaver:
         elif not groups and uniform:
             row_like = x[0, : b.lengths[0]] if seq else x[0]
             v = self._row_value(act.value, row_like, 0, None, ctx, where)
-            new = self._combine(x, v, act.mode).clone()
+            new = self._combine(x, v, act.mode)
+            if act.mode == "replace":
+                new = new.clone()  # materialize the broadcast value
         else:
+            new = x.clone()
             for i in range(ctx.size):
                 r = _row_view(new, i, seq, groups, ctx, tgt.label)
                 v = self._row_value(act.value, r[0], i, src, ctx, where)
@@ -229,7 +244,7 @@ class Interleaver:
             except (SelectError, ValueError, RuntimeError, IndexError) as e:
                 raise OpError(f"{act.where} ({act.target.label}): {e}") from e
         if key in self.plan.sources:
-            ctx.store[key] = value
+            ctx.store[key] = _own(value)
         return value
 
     def _post_hook(self, name: str, ctx: _Ctx):
@@ -293,7 +308,7 @@ class Interleaver:
     # ------------------------------------------------------------------ run
     def run(self, batch: Batch) -> dict[str, Any]:
         """Saved values per column for this batch (moved to the CPU)."""
-        ctx = _Ctx(batch, self.loaded.kind != "tensor", self.loaded.device)
+        ctx = _Ctx(batch, self.loaded.kind != "tensor")
         handles, patched = [], []
         try:
             keys = self.plan.actions.keys() | self.plan.sources
