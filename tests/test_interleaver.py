@@ -154,3 +154,21 @@ def test_skip_with_an_index_selector_is_refused(tiny_dirs):
                 {"save": "layers.2.output"},
             ],
         )
+
+
+def test_sources_inside_skipped_modules_and_column_clashes_are_plan_errors(tiny_dirs):
+    with pytest.raises(PlanError) as e:
+        setup(
+            tiny_dirs["gpt2"],
+            [
+                {"skip": "layers.1"},
+                {"set": "layers.2.output", "value": {"from": "layers.1.mlp.output"}},
+                {"save": "layers.2.output", "as": "example_id"},
+                {"save": "logits", "reduce": {"topk": 2}, "positions": [-1], "as": "lg"},
+                {"save": "layers.0.output", "as": "lg_ids"},
+            ],
+        )
+    msg = str(e.value)
+    assert "ops.1.value.from: 'layers.1.mlp.output' is never computed" in msg
+    assert "column 'example_id' is an identity column" in msg
+    assert "column 'lg_ids' is also written by ops.3" in msg

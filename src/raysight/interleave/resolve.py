@@ -196,6 +196,10 @@ class _Resolver:
         self.spec, self.loaded, self.tree = spec, loaded, tree
         self.problems: list[str] = []
         self.plan = HookPlan(tuple_outputs=dict(tree.tuple_outputs))
+        self.source_uses: list[tuple[Target, str]] = []
+
+    #: identity columns every dataset has (plan.identity_fields); saves may not take their names
+    RESERVED = ("example_id", "n_tokens", "input_ids", "text", "position", "token_id")
 
     def fail(self, where: str, msg: str) -> None:
         self.problems.append(f"{where}: {msg}")
@@ -251,6 +255,7 @@ class _Resolver:
             )
             return None
         self.plan.sources.add(src.key)
+        self.source_uses.append((src, where))
         return src
 
     def resolve(self) -> HookPlan:
@@ -325,26 +330,30 @@ class _Resolver:
             self.plan.skips[raw] = SkipAction(raw, with_, where)
 
     def check_skips(self) -> None:
+        uses = [(a.target, a.where) for acts in self.plan.actions.values() for a in acts]
         for raw, sk in self.plan.skips.items():
-            for key, actions in self.plan.actions.items():
-                if key[1].startswith(raw + "."):
-                    for a in actions:
-                        self.fail(
-                            a.where,
-                            f"'{a.target.label}' is never computed: its module "
-                            f"is inside '{raw}', which {sk.where} skips",
-                        )
+            for tgt, where in uses + self.source_uses:
+                if tgt.module.startswith(raw + "."):
+                    self.fail(
+                        where,
+                        f"'{tgt.label}' is never computed: its module is inside '{raw}', "
+                        f"which {sk.where} skips",
+                    )
 
     def check_columns(self) -> None:
         seen: dict[str, str] = {}
         for s in self.plan.saves:
-            if s.column in seen:
-                self.fail(
-                    s.where,
-                    f"column '{s.column}' is also written by {seen[s.column]}; "
-                    "give one of them another `as`",
-                )
-            seen.setdefault(s.column, s.where)
+            names = [f"{s.column}_ids", f"{s.column}_values"]
+            for name in names if isinstance(s.reduce, TopK) else [s.column]:
+                if name in self.RESERVED:
+                    self.fail(s.where, f"column '{name}' is an identity column; pick another `as`")
+                elif name in seen:
+                    self.fail(
+                        s.where,
+                        f"column '{name}' is also written by {seen[name]}; "
+                        "give one of them another `as`",
+                    )
+                seen.setdefault(name, s.where)
 
 
 def _wild_values(pattern_site: str, label: str) -> str:
