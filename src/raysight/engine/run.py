@@ -11,6 +11,7 @@ import platform
 import shutil
 import sys
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -104,13 +105,17 @@ def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] |
 
 
 def _shards(total: int, size: int, rows: list[Row], errs: list[RowError]) -> Iterator[tuple]:
+    """(shard, its rows, its read errors) for each range of ``size`` input rows.
+
+    Both lists are in input order, so each shard is a slice found by bisection.
+    """
+    row_idx = [r.index for r in rows]
+    err_idx = [e.index for e in errs]
     for k in range(max(1, -(-total // size))):
         lo, hi = k * size, (k + 1) * size
-        yield (
-            k,
-            [r for r in rows if lo <= r.index < hi],
-            [(e.example_id, e.reason) for e in errs if lo <= e.index < hi],
-        )
+        r0, r1 = bisect_left(row_idx, lo), bisect_left(row_idx, hi)
+        e0, e1 = bisect_left(err_idx, lo), bisect_left(err_idx, hi)
+        yield k, rows[r0:r1], [(e.example_id, e.reason) for e in errs[e0:e1]]
 
 
 def run(
