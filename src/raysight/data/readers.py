@@ -13,7 +13,7 @@ from typing import Any
 
 from ..spec.models import DataSpec
 
-__all__ = ["DataError", "Row", "RowError", "read_rows"]
+__all__ = ["DataError", "Row", "RowError", "id_type", "read_rows"]
 
 
 class DataError(ValueError):
@@ -124,3 +124,8 @@ def _payload(spec: DataSpec, rec: Any) -> tuple[str | None, Any]:
     if not text.strip():
         return "text is empty", None
     return None, text
+
+
+def id_type(rows: list[Row]) -> str:
+    """The Arrow type alias of the example_id column (read_rows checks ids are uniform)."""
+    return "string" if rows and isinstance(rows[0].example_id, str) else "int64"

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from .. import __version__
-from ..data.readers import Row, RowError, read_rows
+from ..data.readers import Row, RowError, id_type, read_rows
 from ..spec.load import spec_hash, spec_to_dict
 from ..spec.models import Spec
 from ..writers.manifest import (
@@ -136,9 +136,9 @@ def run(
     write_json_atomic(out / SPEC_FILE, {"spec_hash": digest, "spec": spec_data})
 
     rows, bad, total = read_rows(spec.data, base_dir)
-    id_type = "string" if rows and isinstance(rows[0].example_id, str) else "int64"
+    ids = id_type(rows)
     sample = rows[0].payload if rows and spec.data.input_field else None
-    plan = make_plan(spec, sample, pa.type_for_alias(id_type))
+    plan = make_plan(spec, sample, pa.type_for_alias(ids))
     manifest = previous or {
         "format": "raysight-dataset/1",
         "spec_hash": digest,
@@ -185,7 +185,7 @@ def run(
         )
 
     if todo:
-        _execute(spec, spec_data, plan, id_type, sample, todo, done)
+        _execute(spec, spec_data, plan, ids, sample, todo, done)
     shards = manifest["shards"].values()
     summary = RunSummary(
         str(out),
@@ -205,17 +205,17 @@ def _execute(
     spec: Spec,
     spec_data: dict,
     plan: RunPlan,
-    id_type: str,
+    ids: str,
     sample: Any,
     todo: list[tuple],
     done: Callable,
 ) -> None:
     ex = spec.execution
     if ex.runner == "local":
-        runner = ShardRunner(spec_data, id_type, sample, None, plan=plan)
+        runner = ShardRunner(spec_data, ids, sample, None, plan=plan)
         for k, shard_rows, errs in todo:
             done(runner.run_shard(k, shard_rows), errs)
         return
     from .ray_runner import run_on_ray
 
-    run_on_ray(spec, spec_data, id_type, sample, todo, done)
+    run_on_ray(spec, spec_data, ids, sample, todo, done)
