@@ -19,7 +19,7 @@ from ..models.loading import LoadedModel, load_model, meta_safe
 from ..spec.models import Spec
 from ..writers.encode import ColumnInfo, arrow_field
 
-__all__ = ["RunPlan", "identity_fields", "make_plan"]
+__all__ = ["RunPlan", "identity_fields", "make_plan", "min_tokens"]
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _row_shape(data: Any) -> tuple[tuple[int, ...], torch.dtype]:
 def _infer_columns(
     spec: Spec, loaded: LoadedModel, hooks: HookPlan, sample: Any
 ) -> list[ColumnInfo]:
-    need = max((max(max(p) + 1, -min(p)) for p in _all_positions(spec)), default=1)
+    need = min_tokens(spec)
     lengths = (max(8, need + 2), max(8, need + 2) + 3)
     runs = []
     for length in lengths:
@@ -98,8 +98,10 @@ def _infer_columns(
     return cols
 
 
-def _all_positions(spec: Spec) -> list[list[int]]:
-    return [op.positions for op in [*spec.edits, *spec.ops] if getattr(op, "positions", None)]
+def min_tokens(spec: Spec) -> int:
+    """The fewest real tokens a row needs for every op's positions to exist."""
+    pos = [p for op in [*spec.edits, *spec.ops] for p in (getattr(op, "positions", None) or [])]
+    return max([1, *(max(p + 1, -p) for p in pos)])
 
 
 def identity_fields(spec: Spec, kind: str, id_type: pa.DataType) -> list[pa.Field]:

@@ -21,7 +21,7 @@ from ..models.loading import load_model
 from ..spec.load import parse_spec
 from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
-from .plan import RunPlan, make_plan
+from .plan import RunPlan, make_plan, min_tokens
 
 __all__ = ["ShardResult", "ShardRunner"]
 
@@ -71,14 +71,6 @@ class ShardRunner:
             return [Encoded(r.example_id, [0]) for r in rows]
         d = self.spec.data
         return encode(self.loaded.tokenizer, rows, d.max_length, d.add_special_tokens)
-
-    def _min_tokens(self) -> int:
-        pos = [
-            p
-            for op in [*self.spec.edits, *self.spec.ops]
-            for p in (getattr(op, "positions", None) or [])
-        ]
-        return max([1, *(max(p + 1, -p) for p in pos)])
 
     def _collate(self, items: list[Encoded], rows: dict[Any, Row]) -> Batch:
         if self.loaded.kind == "tensor":
@@ -133,7 +125,7 @@ class ShardRunner:
         by_id = {r.example_id: r for r in rows}
         errors: list[tuple[Any, str]] = []
         items = []
-        need = self._min_tokens()
+        need = min_tokens(self.spec)
         for e in self._encode(rows):
             if not e.ids:
                 errors.append((e.example_id, "the text tokenizes to no tokens"))
