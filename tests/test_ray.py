@@ -49,5 +49,5 @@ def test_gpus_that_do_not_exist_fail_at_once(local_ray, tiny_dirs, tmp_path):
         [{"save": "layers.0.output"}],
         execution={"runner": "ray", "gpus_per_actor": 1},
     )
-    with pytest.raises(ClusterError, match="cluster has 0 GPU"):
+    with pytest.raises(ClusterError, match=r"1 GPU\(s\), but the Ray cluster has 0"):
         raysight.run(spec, log=lambda _: None)

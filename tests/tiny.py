@@ -120,3 +120,28 @@ def sequential_inplace(width: int = 8, seed: int = 0) -> torch.nn.Module:
         torch.nn.ReLU(inplace=True),
         torch.nn.Linear(16, 4),
     )
+
+
+class Flaky(torch.nn.Module):
+    """Raises inside forward for rows whose first input is >= 100 (a 'bad row' in the model), and
+    sleeps ``delay`` seconds per call so chaos tests have time to strike."""
+
+    def __init__(self, width: int = 8, delay: float = 0.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(width, 4)
+        self.delay = delay
+
+    def forward(self, x):
+        import time
+
+        if self.delay:
+            time.sleep(self.delay)
+        # Branching on values needs real tensors; the planner's meta-device pass has none.
+        if x.device.type != "meta" and (x[:, 0] >= 100).any():
+            raise RuntimeError("poisoned input")
+        return self.lin(x)
+
+
+def flaky(width: int = 8, delay: float = 0.0) -> torch.nn.Module:
+    return Flaky(width, delay)

@@ -52,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("plan", help="resolve sites on the meta model; print schema and sizes")
     _add_spec_args(p)
+    p = sub.add_parser("submit", help="run a spec as a Ray job on a cluster and follow its logs")
+    _add_spec_args(p)
+    p.add_argument("--address", required=True, help="the cluster's dashboard, http://HEAD:8265")
+    p.add_argument("--working-dir", default=".", help="directory uploaded with the job")
+    p.add_argument("--runtime-env", help="YAML with extra runtime_env fields (env_vars, pip...)")
+    p.add_argument("--no-wait", action="store_true", help="submit and return")
+    p = sub.add_parser("verify", help="check a dataset against its manifest (exit 1 if not whole)")
+    p.add_argument("path", help="output directory")
+    p = sub.add_parser("inspect", help="summarise a dataset")
+    p.add_argument("path", help="output directory")
     p = sub.add_parser("schema", help="print the spec's JSON Schema")
     p.add_argument("--indent", type=int, default=2)
     return ap
@@ -60,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from .data.readers import DataError
     from .engine.ray_runner import ClusterError
-    from .engine.run import OutputError
+    from .engine.run import OutputError, RunFailed
     from .interleave.interleaver import OpError
     from .interleave.resolve import PlanError
     from .interleave.values import ValueError_
@@ -76,6 +86,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ValueError_,
         ModelLoadError,
         BundledError,
+        RunFailed,
     )
 
 
@@ -139,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(Spec.model_json_schema(by_alias=True), indent=args.indent))
         return 0
+    if args.command in ("verify", "inspect"):
+        return _dataset_command(args)
     try:
         spec = load_spec(args.spec, args.overrides)
         if args.command == "validate" and args.no_model:
@@ -153,6 +166,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise
+
+
+def _dataset_command(args: argparse.Namespace) -> int:
+    from .engine.verify import inspect, verify
+
+    if args.command == "inspect":
+        try:
+            print(inspect(args.path))
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    problems = verify(args.path)
+    for p in problems:
+        print(f"MISMATCH: {p}")
+    if problems:
+        print(f"{args.path}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{args.path}: OK — every shard done, rows match the manifest, no duplicates or orphans")
+    return 0
 
 
 def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
@@ -182,6 +215,17 @@ def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
         )
         print("schema:\n  " + info["schema"].replace("\n", "\n  "))
         return 0
+    if args.command == "submit":
+        from .engine.submit import submit
+
+        return submit(
+            args.spec,
+            args.address,
+            args.overrides,
+            args.working_dir,
+            args.runtime_env,
+            wait=not args.no_wait,
+        )
     from .engine.run import run
 
     if args.local:

@@ -1,15 +1,23 @@
-"""Run shards on a Ray actor that holds the model replica.
+"""Run shards on a pool of Ray actors, one model replica each.
 
-With no ``--address`` / ``RAY_ADDRESS``, a local Ray instance is started (``address="local"``, so a
-stray cluster is never joined by accident). GPUs are checked against the cluster before they are
-requested: asking for GPUs that are not there is an immediate error, never a hang.
+- No ``--address`` / ``RAY_ADDRESS``: a local Ray instance is started (``address="local"``, so a
+  stray cluster is never joined by accident).
+- Resources are checked before they are requested: asking for GPUs or CPUs the cluster does not
+  have is an immediate error, never a hang; an address nobody answers on fails in seconds.
+- Shards go to whichever actor is free. An actor process that dies is restarted by Ray and its
+  shard retried; if it keeps dying it is replaced. A shard whose code raises is run again up to
+  ``execution.max_retries`` times, then reported. Each shard's file is renamed into place by the
+  actor, once, so a retried shard never leaves two files.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+from collections import deque
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlparse
 
 from ..spec.models import Spec
 
@@ -20,6 +28,19 @@ class ClusterError(RuntimeError):
     """Ray cannot be reached or lacks what the spec asks for."""
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when nothing listens at host:port (ray.init would retry for a minute)."""
+    if address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if not parsed.hostname or not parsed.port:
+        return
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterError(f"cannot reach a Ray cluster at {address}: {e}") from None
+
+
 def init_ray(address: str | None, num_cpus: int) -> None:
     import ray
 
@@ -28,8 +49,10 @@ def init_ray(address: str | None, num_cpus: int) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     try:
         if address:
+            _probe(address)
             ray.init(address=address, log_to_driver=True)
         else:
+            # A local instance: as many logical CPUs as the actors reserve, at least the cores.
             ray.init(
                 address="local",
                 num_cpus=max(num_cpus, os.cpu_count() or 1),
@@ -42,43 +65,89 @@ def init_ray(address: str | None, num_cpus: int) -> None:
         ) from None
 
 
+def _check_resources(actors: int, cpus: int, gpus: float) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    problems = []
+    if gpus and actors * gpus > have.get("GPU", 0):
+        problems.append(
+            f"{actors} actor(s) x execution.gpus_per_actor {gpus:g} = "
+            f"{actors * gpus:g} GPU(s), but the Ray cluster has {have.get('GPU', 0):g}"
+        )
+    if actors * cpus > have.get("CPU", 0):
+        problems.append(
+            f"{actors} actor(s) x execution.cpus_per_actor {cpus} = {actors * cpus} "
+            f"CPU(s), but the Ray cluster has {have.get('CPU', 0):g}"
+        )
+    if problems:
+        raise ClusterError("; ".join(problems) + " (lower execution.actors or add nodes)")
+
+
 def run_on_ray(
     spec: Spec,
     spec_data: dict,
-    id_type: str,
+    ids: str,
     sample: Any,
     todo: list[tuple],
     done: Callable,
+    failed: Callable,
     address: str | None = None,
 ) -> None:
     import ray
+    from ray.exceptions import RayActorError, RayTaskError
 
     from .worker import ShardRunner
 
     ex = spec.execution
-    init_ray(address, ex.cpus_per_actor)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if ex.gpus_per_actor > gpus:
-        raise ClusterError(
-            f"execution.gpus_per_actor is {ex.gpus_per_actor} but the Ray "
-            f"cluster has {gpus:g} GPU(s)"
-        )
+    n = min(ex.actors, len(todo))
+    init_ray(address, n * ex.cpus_per_actor)
+    _check_resources(n, ex.cpus_per_actor, ex.gpus_per_actor)
     actor_cls = ray.remote(ShardRunner).options(
         num_cpus=ex.cpus_per_actor,
         num_gpus=ex.gpus_per_actor,
         max_restarts=2,
-        max_task_retries=2,
+        max_task_retries=2,  # process death: restart, rerun the shard
     )
-    actor = actor_cls.remote(spec_data, id_type, sample, ex.cpus_per_actor)
+
+    def new_actor():
+        return actor_cls.remote(spec_data, ids, sample, ex.cpus_per_actor)
+
+    pool = [new_actor() for _ in range(n)]
+    queue = deque(todo)
+    attempts: dict[int, int] = {}
+    inflight: dict[Any, tuple[Any, tuple]] = {}
+
+    def dispatch(actor) -> None:
+        if queue:
+            item = queue.popleft()
+            inflight[actor.run_shard.remote(item[0], item[1])] = (actor, item)
+
     try:
-        pending = {actor.run_shard.remote(k, rows): errs for k, rows, errs in todo}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            errs = pending.pop(ready[0])
+        for actor in pool:
+            dispatch(actor)
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            actor, item = inflight.pop(ready[0])
+            shard, _, read_errors = item
             try:
                 result = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
-                raise e.as_instanceof_cause() from None
-            done(result, errs)
+            except (RayTaskError, RayActorError) as e:
+                attempts[shard] = attempts.get(shard, 0) + 1
+                if isinstance(e, RayActorError):  # restarts used up: replace the actor
+                    ray.kill(actor, no_restart=True)
+                    actor = new_actor()
+                    reason = f"actor died: {e}"
+                else:
+                    cause = e.as_instanceof_cause()
+                    reason = f"{type(cause).__name__}: {cause}"
+                if attempts[shard] > ex.max_retries:
+                    failed(shard, reason, attempts[shard])
+                else:
+                    queue.append(item)
+            else:
+                done(result, read_errors)
+            dispatch(actor)
     finally:
-        ray.kill(actor)
+        for actor in pool:
+            ray.kill(actor, no_restart=True)

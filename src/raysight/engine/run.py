@@ -32,13 +32,18 @@ from ..writers.manifest import (
     write_json_atomic,
 )
 from .plan import RunPlan, make_plan
+from .progress import Progress
 from .worker import ShardResult, ShardRunner
 
-__all__ = ["OutputError", "RunSummary", "run"]
+__all__ = ["OutputError", "RunFailed", "RunSummary", "run"]
 
 
 class OutputError(RuntimeError):
     """The output path cannot be used (a file, a foreign directory, another spec's dataset)."""
+
+
+class RunFailed(RuntimeError):
+    """Shards failed after every retry; names each shard and its last error."""
 
 
 @dataclass
@@ -125,7 +130,9 @@ def run(
     base_dir: str | Path = ".",
     log: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    """Run ``spec``; returns a summary. Raises SpecError/PlanError/OutputError/DataError."""
+    """Run ``spec``; returns a summary. Raises SpecError/PlanError/OutputError/DataError, and
+    RunFailed when shards still fail after their retries (finished shards are kept)."""
+    tty = log is None
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     out = Path(spec.output.path)
@@ -162,6 +169,9 @@ def run(
         todo.append((k, shard_rows, shard_errs))
     n_shards = max(1, -(-total // spec.execution.shard_rows))
     log(f"raysight: {total} input rows, {n_shards} shard(s), {len(todo)} to run -> {out}")
+    progress = Progress(
+        sum(len(r) + len(e) for _, r, e in todo), len(todo), log, tty=tty and sys.stderr.isatty()
+    )
 
     def done(res: ShardResult, read_errors: list[tuple[Any, str]]) -> None:
         errors = read_errors + res.errors
@@ -178,25 +188,37 @@ def run(
             "seconds": round(res.seconds, 3),
         }
         write_json_atomic(out / MANIFEST_FILE, manifest)
-        tps = res.tokens / res.seconds if res.seconds else 0
-        log(
-            f"  shard {res.shard}: {res.examples} examples, {res.rows} rows, {len(errors)} "
-            f"error(s), {res.seconds:.1f} s ({tps:,.0f} tokens/s)"
-        )
+        progress.shard_done(res.shard, res.examples, res.tokens, len(errors))
 
-    if todo:
-        _execute(spec, spec_data, plan, ids, sample, todo, done)
-    shards = manifest["shards"].values()
+    def failed(shard: int, reason: str, attempts: int) -> None:
+        manifest["shards"][str(shard)] = {"status": "failed", "error": reason, "attempts": attempts}
+        write_json_atomic(out / MANIFEST_FILE, manifest)
+        progress.shard_failed(shard, reason)
+
+    try:
+        if todo:
+            _execute(spec, spec_data, plan, ids, sample, todo, done, failed)
+    finally:
+        progress.close()
+    finished = [s for s in manifest["shards"].values() if s["status"] == "done"]
     summary = RunSummary(
         str(out),
         n_shards,
         len(todo),
-        sum(s["examples"] for s in shards),
-        sum(s["rows"] for s in shards),
-        sum(s["tokens"] for s in shards),
-        sum(s["errors"] for s in shards),
+        sum(s["examples"] for s in finished),
+        sum(s["rows"] for s in finished),
+        sum(s["tokens"] for s in finished),
+        sum(s["errors"] for s in finished),
         time.perf_counter() - t0,
     )
+    bad_shards = {k: s for k, s in manifest["shards"].items() if s["status"] == "failed"}
+    if bad_shards:
+        detail = "; ".join(f"shard {k}: {s['error']}" for k, s in sorted(bad_shards.items()))
+        raise RunFailed(
+            f"{len(bad_shards)} shard(s) failed after {spec.execution.max_retries + 1} "
+            f"attempt(s) each ({detail}). The {len(finished)} finished shard(s) are kept; "
+            "rerun the same command to retry only the failed ones."
+        )
     log(f"raysight: done. {summary}")
     return summary
 
@@ -209,13 +231,25 @@ def _execute(
     sample: Any,
     todo: list[tuple],
     done: Callable,
+    failed: Callable,
 ) -> None:
     ex = spec.execution
-    if ex.runner == "local":
-        runner = ShardRunner(spec_data, ids, sample, None, plan=plan)
-        for k, shard_rows, errs in todo:
-            done(runner.run_shard(k, shard_rows), errs)
-        return
-    from .ray_runner import run_on_ray
+    if ex.runner == "ray":
+        from .ray_runner import run_on_ray
 
-    run_on_ray(spec, spec_data, ids, sample, todo, done)
+        run_on_ray(spec, spec_data, ids, sample, todo, done, failed)
+        return
+    runner = ShardRunner(spec_data, ids, sample, None, plan=plan)
+    for k, shard_rows, errs in todo:
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                result = runner.run_shard(k, shard_rows)
+            except Exception as e:  # any shard failure is retried, then reported
+                if attempts > ex.max_retries:
+                    failed(k, f"{type(e).__name__}: {e}", attempts)
+                    break
+                continue
+            done(result, errs)
+            break

@@ -23,7 +23,11 @@ from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
 from .plan import RunPlan, make_plan, min_tokens
 
-__all__ = ["ShardResult", "ShardRunner"]
+__all__ = ["ShardError", "ShardResult", "ShardRunner"]
+
+
+class ShardError(RuntimeError):
+    """A shard that failed as a whole (every row raised inside the model)."""
 
 
 @dataclass
@@ -148,6 +152,7 @@ class ShardRunner:
         )
         writer.start()
         tokens = padded = examples = 0
+        self._model_failures: list[str] = []  # rows that raised inside the model, not in an op
         try:
             for group in pack([len(e.ids) for e in items], ex.batch_tokens, ex.max_batch_rows):
                 for batch, values in self._run_group([items[i] for i in group], by_id, errors):
@@ -155,6 +160,13 @@ class ShardRunner:
                     examples += batch.size
                     tokens += sum(batch.lengths)
                     padded += batch.size * batch.padded_length
+            if examples == 0 and self._model_failures:
+                # Every row failed inside the model: systematic, not a bad row. Fail the shard
+                # so it is retried, and reported if it keeps failing.
+                raise ShardError(
+                    f"shard {shard}: every row failed in the model; the first: "
+                    f"{self._model_failures[0]}"
+                )
             path = writer.commit()
         except BaseException:
             writer.fail()
@@ -173,14 +185,19 @@ class ShardRunner:
         )
 
     def _run_group(self, group: list[Encoded], rows: dict[Any, Row], errors: list) -> Any:
-        """Run one batch; if an op fails on it, run its rows alone so only bad rows are lost."""
+        """Run one batch; if it fails, run its rows alone so only the bad rows are lost (this
+        also recovers a batch that ran out of memory)."""
         batch = self._collate(group, rows)
         try:
-            yield batch, self.interleaver.run(batch)
-            return
-        except OpError as e:
+            values = self.interleaver.run(batch)
+        except Exception as e:  # any failure is narrowed down to rows first
             if len(group) == 1:
-                errors.append((group[0].example_id, str(e)))
+                reason = str(e) if isinstance(e, OpError) else f"{type(e).__name__}: {e}"
+                errors.append((group[0].example_id, reason))
+                if not isinstance(e, OpError):
+                    self._model_failures.append(f"row {group[0].example_id!r}: {reason}")
                 return
-        for item in group:
-            yield from self._run_group([item], rows, errors)
+            for item in group:
+                yield from self._run_group([item], rows, errors)
+            return
+        yield batch, values

@@ -245,8 +245,8 @@ class OutputSpec(_Strict):
 class ExecutionSpec(_Strict):
     runner: Literal["ray", "local"] = "ray"
     """ray: a Ray actor (local Ray started when no cluster is given); local: in this process."""
-    actors: int = Field(1, ge=1, le=1)
-    """Model replicas. Only 1 for now; scale-out across actors is tracked separately."""
+    actors: int = Field(1, ge=1, le=4096)
+    """Model replicas, one Ray actor each; shards are handed to whichever actor is free."""
     gpus_per_actor: float = Field(0, ge=0)
     """GPUs per actor (0: CPU)."""
     cpus_per_actor: int = Field(1, ge=1)
@@ -257,6 +257,9 @@ class ExecutionSpec(_Strict):
     """Upper bound on rows per batch."""
     shard_rows: int = Field(4096, ge=1)
     """Rows per shard: the unit of output file, resume and retry."""
+    max_retries: int = Field(2, ge=0, le=100)
+    """Times a shard whose code raised is run again before it is reported as failed (an actor
+    that dies is replaced and its shard redone, within the same budget)."""
 
 
 class Spec(_Strict):
