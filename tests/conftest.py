@@ -43,6 +43,17 @@ def tiny_models(tiny_dirs):
     return {arch: tiny.build(arch) for arch in ARCHS}
 
 
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session's Ray tests; actors import test models from tests/."""
+    ray = pytest.importorskip("ray")
+    here = str(Path(__file__).parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    ray.init(address="local", num_cpus=3, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
 def make_spec(
     model_path: Path | str,
     out: Path,

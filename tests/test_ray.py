@@ -11,15 +11,7 @@ from conftest import PROMPTS, by_id, make_spec
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
-
-
-def test_ray_actor_run_equals_in_process_run(local_ray, tiny_dirs, tmp_path):
+def test_ray_actor_run_equals_in_process_run(ray_local, tiny_dirs, tmp_path):
     ops = [
         {"save": "layers.1.output", "as": "h"},
         {"set": "layers.0.mlp.output", "value": {"noise": {"std": 0.2, "seed": 1}}, "mode": "add"},
@@ -40,7 +32,7 @@ def test_ray_actor_run_equals_in_process_run(local_ray, tiny_dirs, tmp_path):
             torch.testing.assert_close(x[i], y[i], atol=1e-5, rtol=0)
 
 
-def test_gpus_that_do_not_exist_fail_at_once(local_ray, tiny_dirs, tmp_path):
+def test_gpus_that_do_not_exist_fail_at_once(ray_local, tiny_dirs, tmp_path):
     from raysight.engine.ray_runner import ClusterError
 
     spec = make_spec(

@@ -195,3 +195,15 @@ def test_a_different_shard_size_is_a_different_dataset(tiny_dirs, tmp_path):
         raysight.run(spec, log=lambda _: None)
     spec["execution"] = {"runner": "local", "shard_rows": 3, "batch_tokens": 99}
     raysight.run(spec, log=lambda _: None)  # batching does not change results: same dataset
+
+
+def test_a_retried_shard_removes_only_its_own_dead_attempts_file(tmp_path):
+    col = ColumnInfo("x", "float32", (2,))
+    schema = pa.schema([arrow_field(col)])
+    dead_same = tmp_path / ".part-00003.parquet.111.tmp"
+    other = tmp_path / ".part-00004.parquet.222.tmp"
+    dead_same.write_bytes(b"partial")
+    other.write_bytes(b"partial")
+    w = ShardWriter(tmp_path, 3, schema).start()
+    assert not dead_same.exists() and other.exists()
+    w.fail()

@@ -59,7 +59,7 @@ def init_ray(address: str | None, num_cpus: int) -> None:
                 include_dashboard=False,
                 log_to_driver=True,
             )
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError) as e:  # OSError: refused, socket path too long...
         raise ClusterError(
             f"cannot connect to Ray at {address or 'a new local instance'}: {e}"
         ) from None

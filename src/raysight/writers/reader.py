@@ -69,6 +69,19 @@ class Dataset:
     def pandas(self):
         return self.table().to_pandas()
 
+    def hf(self):
+        """An HF ``datasets.Dataset``. datasets has no type for Arrow's fixed_shape_tensor, so
+        tensor columns arrive as their storage: fixed-shape values flattened to one list per row
+        (reshape with ``self.manifest['columns']``), per-token values as a list per token."""
+        import datasets
+
+        table = self.table()
+        cols = [
+            c.combine_chunks().storage if isinstance(c.type, pa.BaseExtensionType) else c
+            for c in table.columns
+        ]
+        return datasets.Dataset(pa.table(cols, names=table.column_names))
+
     def ray(self):
         import ray.data
 

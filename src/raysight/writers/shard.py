@@ -47,6 +47,10 @@ class ShardWriter:
 
     def start(self) -> ShardWriter:
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        # A shard is only retried after its previous attempt died (a killed actor or driver),
+        # so that attempt's unfinished file is garbage.
+        for stale in self.tmp.parent.glob(f".{self.final.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
         if self.fmt == "parquet":
             # Activations barely compress, and dictionary encoding and statistics cost a lot for
             # float tensors, so both are off (FACTS: 29 -> 86-140 MB/s for float16).
