@@ -226,6 +226,31 @@ def test_job_submission_to_a_real_head_node(tiny_dirs, tmp_path):
         assert any("SUCCEEDED" in line for line in logs)
         assert_whole(out, len(PROMPTS))
         assert len(raysight.open(out).files) == 3  # the --set override reached the job
+        # The plain Ray command does the same job.
+        out2 = tmp_path / "plain_out"
+        plain = subprocess.run(
+            [
+                str(Path(bin_dir) / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                str(work),
+                "--",
+                "raysight",
+                "run",
+                "job.yaml",
+                "--set",
+                f"output.path={out2}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert plain.returncode == 0, plain.stdout[-2000:] + plain.stderr[-2000:]
+        assert_whole(out2, len(PROMPTS))
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
