@@ -185,6 +185,14 @@ def test_job_submission_to_a_real_head_node(tiny_dirs, tmp_path):
         "RAY_TMPDIR": str(ray_tmp),
         "PATH": bin_dir + os.pathsep + os.environ["PATH"],
     }
+    # Free ports for every agent too: another Ray on this machine (the session's) holds the
+    # defaults, and a head whose job agent cannot bind never accepts a job.
+    agent_ports = [
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+    ]
     head = subprocess.Popen(
         [
             str(Path(bin_dir) / "ray"),
@@ -197,6 +205,7 @@ def test_job_submission_to_a_real_head_node(tiny_dirs, tmp_path):
             f"--dashboard-port={dash}",
             "--num-cpus=2",
             "--include-dashboard=true",
+            *agent_ports,
         ],
         env=env,
         stdout=subprocess.DEVNULL,

@@ -232,11 +232,7 @@ def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
         spec = spec.model_copy(
             update={"execution": spec.execution.model_copy(update={"runner": "local"})}
         )
-    if args.address:
-        import os
-
-        os.environ["RAY_ADDRESS"] = args.address
-    run(spec, overwrite=args.overwrite)  # logs progress and the summary to stderr
+    run(spec, overwrite=args.overwrite, address=args.address)  # logs progress to stderr
     return 0
 
 

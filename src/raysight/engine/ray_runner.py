@@ -44,9 +44,16 @@ def _probe(address: str, timeout: float = 5.0) -> None:
 def init_ray(address: str | None, num_cpus: int) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
     address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if address and address not in ("auto", current) and not address.startswith("ray://"):
+            _probe(address)
+            raise ClusterError(
+                f"this process is already connected to Ray at {current}; it cannot also join "
+                f"{address} (run raysight in a fresh process, or drop --address)"
+            )
+        return
     try:
         if address:
             _probe(address)

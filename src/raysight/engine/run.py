@@ -129,6 +129,7 @@ def run(
     overwrite: bool = False,
     base_dir: str | Path = ".",
     log: Callable[[str], None] | None = None,
+    address: str | None = None,
 ) -> RunSummary:
     """Run ``spec``; returns a summary. Raises SpecError/PlanError/OutputError/DataError, and
     RunFailed when shards still fail after their retries (finished shards are kept)."""
@@ -197,7 +198,7 @@ def run(
 
     try:
         if todo:
-            _execute(spec, spec_data, plan, ids, sample, todo, done, failed)
+            _execute(spec, spec_data, plan, ids, sample, todo, done, failed, address)
     finally:
         progress.close()
     finished = [s for s in manifest["shards"].values() if s["status"] == "done"]
@@ -232,12 +233,13 @@ def _execute(
     todo: list[tuple],
     done: Callable,
     failed: Callable,
+    address: str | None = None,
 ) -> None:
     ex = spec.execution
     if ex.runner == "ray":
         from .ray_runner import run_on_ray
 
-        run_on_ray(spec, spec_data, ids, sample, todo, done, failed)
+        run_on_ray(spec, spec_data, ids, sample, todo, done, failed, address)
         return
     runner = ShardRunner(spec_data, ids, sample, None, plan=plan)
     for k, shard_rows, errs in todo:

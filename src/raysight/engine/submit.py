@@ -60,13 +60,19 @@ def submit(
     args = ["raysight", "run", rel.as_posix()]
     for item in overrides:
         args += ["--set", item]
-    try:
-        client = JobSubmissionClient(address)
-        job_id = client.submit_job(
-            entrypoint=shlex.join(args), runtime_env=_runtime_env(wd, runtime_env)
-        )
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ClusterError(f"cannot submit to {address}: {e}") from None
+    env = _runtime_env(wd, runtime_env)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client = JobSubmissionClient(address)
+            job_id = client.submit_job(entrypoint=shlex.join(args), runtime_env=env)
+            break
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            # A head node that has just started answers before its job agent is up.
+            if "No available agent" in str(e) and time.monotonic() < deadline:
+                time.sleep(2.0)
+                continue
+            raise ClusterError(f"cannot submit to {address}: {e}") from None
     log(f"raysight: submitted {job_id} to {address}: {shlex.join(args)}")
     if not wait:
         return 0
