@@ -143,7 +143,9 @@ def run_on_ray(
                 attempts[shard] = attempts.get(shard, 0) + 1
                 if isinstance(e, RayActorError):  # restarts used up: replace the actor
                     ray.kill(actor, no_restart=True)
-                    actor = new_actor()
+                    replacement = new_actor()
+                    pool[pool.index(actor)] = replacement
+                    actor = replacement
                     reason = f"actor died: {e}"
                 else:
                     cause = e.as_instanceof_cause()

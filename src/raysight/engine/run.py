@@ -214,7 +214,10 @@ def run(
     )
     bad_shards = {k: s for k, s in manifest["shards"].items() if s["status"] == "failed"}
     if bad_shards:
-        detail = "; ".join(f"shard {k}: {s['error']}" for k, s in sorted(bad_shards.items()))
+        detail = "; ".join(
+            f"shard {k}: {s['error']}"
+            for k, s in sorted(bad_shards.items(), key=lambda x: int(x[0]))
+        )
         raise RunFailed(
             f"{len(bad_shards)} shard(s) failed after {spec.execution.max_retries + 1} "
             f"attempt(s) each ({detail}). The {len(finished)} finished shard(s) are kept; "
