@@ -94,13 +94,13 @@ def _plan(spec: Spec) -> dict[str, Any]:
     import pyarrow as pa
 
     from .data.batching import encode
-    from .data.readers import id_type, read_rows
+    from .data.readers import id_type, read_rows, tensor_sample
     from .engine.plan import make_plan
     from .models.loading import load_model
 
     rows, bad, total = read_rows(spec.data)
     meta = load_model(spec.model, meta=True)
-    sample = rows[0].payload if rows and spec.data.input_field else None
+    sample = tensor_sample(spec.data, rows)
     plan = make_plan(spec, sample, pa.type_for_alias(id_type(rows)), loaded=meta)
     if meta.tokenizer is not None and rows:
         lengths = [

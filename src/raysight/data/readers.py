@@ -13,7 +13,7 @@ from typing import Any
 
 from ..spec.models import DataSpec
 
-__all__ = ["DataError", "Row", "RowError", "id_type", "read_rows"]
+__all__ = ["DataError", "Row", "RowError", "id_type", "read_rows", "tensor_sample"]
 
 
 class DataError(ValueError):
@@ -124,6 +124,11 @@ def _payload(spec: DataSpec, rec: Any) -> tuple[str | None, Any]:
     if not text.strip():
         return "text is empty", None
     return None, text
+
+
+def tensor_sample(spec: DataSpec, rows: list[Row]) -> Any:
+    """The first row's numeric input, which a factory model's meta-device trace needs."""
+    return rows[0].payload if rows and spec.input_field else None
 
 
 def id_type(rows: list[Row]) -> str:

@@ -13,7 +13,14 @@ import torch
 
 from ..data.batching import Batch
 from ..interleave.interleaver import Interleaver, OpError
-from ..interleave.resolve import HookPlan, ModuleTree, PlanError, resolve, trace_tree
+from ..interleave.resolve import (
+    HookPlan,
+    ModuleTree,
+    PlanError,
+    resolve,
+    sample_inputs,
+    trace_tree,
+)
 from ..interleave.selectors import SelectError
 from ..models.loading import LoadedModel, load_model, meta_safe
 from ..spec.models import Spec
@@ -40,12 +47,10 @@ class RunPlan:
 
 
 def _meta_batch(loaded: LoadedModel, sample: Any, length: int) -> Batch:
+    """One unpadded row of ``length`` tokens (or the sample tensor) for the meta model."""
+    inputs = sample_inputs(loaded, sample, length)
     if loaded.kind == "tensor":
-        x = torch.as_tensor(sample, dtype=torch.float32)[None].to("meta")
-        return Batch([0], {"input": x}, [0], [1], None, [None])
-    inputs = {"input_ids": torch.zeros((1, length), dtype=torch.long, device="meta")}
-    if loaded.kind == "causal":
-        inputs["position_ids"] = torch.arange(length, device="meta")[None]
+        return Batch([0], inputs, [0], [1], None, [None])
     return Batch([0], inputs, [0], [length], [[0] * length], [None])
 
 

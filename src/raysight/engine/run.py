@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from .. import __version__
-from ..data.readers import Row, RowError, id_type, read_rows
+from ..data.readers import Row, RowError, id_type, read_rows, tensor_sample
 from ..spec.load import spec_hash, spec_to_dict
 from ..spec.models import Spec
 from ..writers.manifest import (
@@ -145,7 +145,7 @@ def run(
 
     rows, bad, total = read_rows(spec.data, base_dir)
     ids = id_type(rows)
-    sample = rows[0].payload if rows and spec.data.input_field else None
+    sample = tensor_sample(spec.data, rows)
     plan = make_plan(spec, sample, pa.type_for_alias(ids))
     manifest = previous or {
         "format": "raysight-dataset/1",

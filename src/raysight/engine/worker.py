@@ -66,9 +66,6 @@ class ShardRunner:
         self.interleaver = Interleaver(self.loaded, self.plan.hooks)
         self.out = Path(self.spec.output.path)
 
-    def ready(self) -> bool:
-        return True
-
     # -------------------------------------------------------------- inputs
     def _encode(self, rows: list[Row]) -> list[Encoded]:
         if self.loaded.kind == "tensor":

@@ -25,6 +25,7 @@ __all__ = [
     "SkipAction",
     "Target",
     "resolve",
+    "sample_inputs",
     "trace_tree",
 ]
 
@@ -121,6 +122,7 @@ class HookPlan:
 
 
 def sample_inputs(loaded: LoadedModel, sample: Any, length: int) -> dict[str, torch.Tensor]:
+    """Forward inputs for one unpadded row: ``length`` token ids, or the sample tensor."""
     dev = loaded.device
     if loaded.kind == "tensor":
         return {"input": torch.as_tensor(sample, dtype=torch.float32).to(dev)[None]}

@@ -36,10 +36,6 @@ class LoadedModel:
     model_type: str | None
     padding_side: str
 
-    @property
-    def module_names(self) -> list[str]:
-        return [n for n, _ in self.module.named_modules()]
-
 
 @contextmanager
 def meta_safe(loaded: LoadedModel) -> Iterator[None]:

@@ -61,6 +61,3 @@ class NameTable:
                 "module; use a raw module path"
             )
         return raw
-
-    def describe(self) -> dict[str, str | None]:
-        return dict(self._paths)
