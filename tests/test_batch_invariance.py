@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import by_id, make_spec
+from raysight.data.batching import pack
 from reference import alone, first
 
 WORDS = [
@@ -63,7 +64,8 @@ def test_every_batching_equals_each_row_alone(arch, tiny_dirs, tiny_models, run_
                 None,
                 ops,
                 prompts=rows,
-                execution={"max_batch_rows": bs, "batch_tokens": 10**6},
+                # max_padding 1: one wide batch of mixed lengths, the hard case for padding
+                execution={"max_batch_rows": bs, "batch_tokens": 10**6, "max_padding": 1},
             )
         )
     other_side = "right" if arch != "bert" else "left"
@@ -74,7 +76,7 @@ def test_every_batching_equals_each_row_alone(arch, tiny_dirs, tiny_models, run_
             ops,
             prompts=rows,
             model={"padding_side": other_side},
-            execution={"max_batch_rows": 32},
+            execution={"max_batch_rows": 32, "max_padding": 1},
         )
     )
     got = {key: {c: by_id(ds, c) for c in ("h1", "h2", "last")} for key, ds in runs.items()}
@@ -140,7 +142,13 @@ def test_token_budget_batches_equal_rows_alone(tiny_dirs, tiny_models, run_spec)
     rows = prompts(25, seed=1)
     ops, edited = ops_for("gpt2")
     small = run_spec(
-        make_spec(tiny_dirs["gpt2"], None, ops, prompts=rows, execution={"batch_tokens": 16})
+        make_spec(
+            tiny_dirs["gpt2"],
+            None,
+            ops,
+            prompts=rows,
+            execution={"batch_tokens": 16, "max_padding": 1},
+        )
     )
     got = by_id(small, "h1")
     assert set(got) == set(range(25))
@@ -149,3 +157,24 @@ def test_token_budget_batches_equal_rows_alone(tiny_dirs, tiny_models, run_spec)
             model, tok, prompt, capture={"h1": "transformer.h.1"}, edit={edited: lambda o: o * 0.5}
         )
         torch.testing.assert_close(got[i], cap["h1"][0], atol=1e-5, rtol=0)
+
+
+def test_pack_buckets_lengths_within_the_padding_budget():
+    rng = random.Random(3)
+    lengths = [rng.randint(1, 200) for _ in range(3000)]
+    for budget in (0.0, 0.05, 0.2):
+        batches = pack(lengths, 4096, 256, budget)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        padded = real = 0
+        for b in batches:
+            width = max(lengths[i] for i in b)
+            assert len(b) <= 256 and (len(b) == 1 or len(b) * width <= 4096)
+            pad = 1 - sum(lengths[i] for i in b) / (len(b) * width)
+            assert pad <= budget + 1e-12
+            padded, real = padded + len(b) * width, real + sum(lengths[i] for i in b)
+        assert 1 - real / padded <= budget + 1e-12
+    # With no padding budget, a batch holds rows of one length only.
+    assert all(len({lengths[i] for i in b}) == 1 for b in pack(lengths, 4096, 256, 0.0))
+    # Bucketing off: budget-filling batches, as many rows as fit.
+    wide = pack(lengths, 4096, 256, 1.0)
+    assert len(wide) < len(pack(lengths, 4096, 256, 0.05))

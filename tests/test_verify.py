@@ -75,6 +75,12 @@ def test_verify_finds_missing_orphan_duplicated_and_unfinished_files(tmp_path, c
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "3 done" in text and "8 rows from 8 of 8 input rows" in text and "lin.output" in text
+    assert "time      tokenize" in text and "forward" in text
+    for shard in json.loads((out / "_manifest.json").read_text())["shards"].values():
+        st = shard["stages"]
+        assert list(st) == ["tokenize", "collate", "forward", "to_host", "encode", "write"]
+        assert min(st.values()) >= 0 and st["forward"] > 0
+        assert sum(st.values()) <= shard["seconds"] + 0.01  # parts of the shard's own time
 
 
 def test_unreachable_address_fails_fast_with_a_clear_message(tiny_dirs, tmp_path, capsys):

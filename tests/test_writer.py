@@ -20,14 +20,18 @@ from raysight.writers.shard import ShardWriter
 from reference import alone, first
 
 
+@pytest.mark.parametrize("storage", ["typed", "bytes"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
 @pytest.mark.parametrize("fmt", ["parquet", "arrow"])
-def test_round_trip_is_bit_exact(dtype, fmt, tmp_path):
+def test_round_trip_is_bit_exact(dtype, fmt, storage, tmp_path):
     g = torch.Generator().manual_seed(0)
     fixed = (torch.randn(5, 3, 4, generator=g) * 100).to(dtype)
     var = [(torch.randn(n, 6, generator=g) * 100).to(dtype) for n in (3, 1, 7, 2, 5)]
     name = str(dtype).removeprefix("torch.")
-    cols = [ColumnInfo("fixed", name, (3, 4)), ColumnInfo("var", name, (None, 6))]
+    cols = [
+        ColumnInfo("fixed", name, (3, 4), storage=storage),
+        ColumnInfo("var", name, (None, 6), storage=storage),
+    ]
     schema = pa.schema([arrow_field(c) for c in cols])
     w = ShardWriter(tmp_path, 0, schema, fmt).start()
     batch = pa.RecordBatch.from_arrays(
@@ -45,11 +49,22 @@ def test_round_trip_is_bit_exact(dtype, fmt, tmp_path):
     )
     for a, b in zip(got_var, var):
         assert a.dtype == dtype and torch.equal(a.float(), b.float())
+    # A slice starts at a non-zero offset in the same buffers.
+    part = decode(table.column("var").combine_chunks().slice(2, 2), name, [None, 6])
+    assert [torch.equal(a.float(), b.float()) for a, b in zip(part, var[2:4])] == [True, True]
+    part = decode(table.column("fixed").combine_chunks().slice(3), name, [3, 4])
+    assert torch.equal(part.float(), fixed[3:].float())
     f = table.schema.field("fixed")
     assert f.metadata[b"raysight.dtype"].decode() == name
-    if dtype != torch.bfloat16:  # plain pyarrow recovers the shape itself
+    as_bytes = storage == "bytes" or dtype == torch.bfloat16
+    assert f.metadata[b"raysight.storage"].decode() == ("bytes" if as_bytes else "typed")
+    if not as_bytes:  # plain pyarrow recovers the shape itself
         nd = table.column("fixed").combine_chunks().to_numpy_ndarray()
         assert nd.shape == (5, 3, 4)
+    elif dtype != torch.bfloat16:  # a plain reader needs only numpy and the metadata
+        raw = b"".join(table.column("fixed").to_pylist())
+        nd = np.frombuffer(raw, dtype=str(dtype).removeprefix("torch.")).reshape(-1, 3, 4)
+        assert np.array_equal(nd, fixed.numpy())
 
 
 def test_failed_shard_leaves_no_file_and_temp_files_are_hidden(tmp_path):
@@ -78,6 +93,43 @@ def test_row_groups_are_sized_in_bytes(tmp_path):
     assert meta.num_rows == 200
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     assert all(s >= 64 for s in sizes[:-1]) and max(sizes) <= 80, sizes
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_background_writer_writes_the_same_rows_in_order(fmt, tmp_path):
+    col = ColumnInfo("x", "float16", (256,))
+    schema = pa.schema([arrow_field(col)])
+    data = torch.randn(200, 256).half()
+    paths = []
+    for shard, background in ((0, False), (1, True)):
+        w = ShardWriter(tmp_path, shard, schema, fmt, row_group_bytes=2**16, background=background)
+        w.start()
+        for chunk in data.split(20):
+            w.write(pa.RecordBatch.from_arrays([encode_column(col, chunk)], schema=schema))
+        paths.append(w.commit())
+    read = [
+        pq.read_table(p) if fmt == "parquet" else pa.ipc.open_file(str(p)).read_all() for p in paths
+    ]
+    assert read[0].equals(read[1])
+    assert torch.equal(decode(read[1].column("x").combine_chunks(), "float16", [256]), data)
+
+
+def test_background_writer_error_reaches_the_caller_and_leaves_no_file(tmp_path, monkeypatch):
+    col = ColumnInfo("x", "float32", (256,))
+    schema = pa.schema([arrow_field(col)])
+    w = ShardWriter(tmp_path, 0, schema, row_group_bytes=2**16, background=True).start()
+
+    def broken(batches):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(w, "_write_group", broken)
+    batch = pa.RecordBatch.from_arrays([encode_column(col, torch.ones(80, 256))], schema=schema)
+    w.write(batch)  # fills a row group: handed to the thread, which fails
+    with pytest.raises(OSError, match="disk full"):
+        w.write(batch)
+        w.commit()
+    w.fail()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_per_token_layout_drops_padding_and_matches_per_sequence(tiny_dirs, tiny_models, run_spec):

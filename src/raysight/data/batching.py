@@ -54,20 +54,32 @@ def encode(tokenizer: Any, rows: list[Any], max_length: int, add_special: bool) 
     return out
 
 
-def pack(lengths: list[int], batch_tokens: int, max_rows: int) -> list[list[int]]:
-    """Group row indices into batches: longest first, each within the token budget.
+def pack(
+    lengths: list[int], batch_tokens: int, max_rows: int, max_padding: float = 1.0
+) -> list[list[int]]:
+    """Group row indices into batches: longest first, each within the token budget, and a batch
+    is closed early rather than let its padding exceed ``max_padding`` (a fraction of its padded
+    tokens), so rows of similar length share a batch (length bucketing) and the whole shard's
+    padding stays under ``max_padding`` too.
 
     A row longer than the budget still runs, alone.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     cur: list[int] = []
+    real = 0
     for i in order:
         width = lengths[cur[0]] if cur else lengths[i]
-        if cur and ((len(cur) + 1) * width > batch_tokens or len(cur) >= max_rows):
+        n = len(cur) + 1
+        if cur and (
+            n * width > batch_tokens
+            or len(cur) >= max_rows
+            or 1 - (real + lengths[i]) / (n * width) > max_padding
+        ):
             batches.append(cur)
-            cur = []
+            cur, real = [], 0
         cur.append(i)
+        real += lengths[i]
     if cur:
         batches.append(cur)
     return batches

@@ -88,7 +88,8 @@ def _infer_columns(
                 "fixed part of it (positions or an index)"
             )
             continue
-        col = ColumnInfo(name, str(dtype).removeprefix("torch."), shape, act.target.label)
+        storage = spec.output.tensor_storage if shape else "typed"
+        col = ColumnInfo(name, str(dtype).removeprefix("torch."), shape, act.target.label, storage)
         if spec.output.layout == "per_token":
             if not col.variable:
                 problems.append(
@@ -96,7 +97,7 @@ def _infer_columns(
                     f"{list(a)}); output.layout per_token needs one per token"
                 )
                 continue
-            col = ColumnInfo(name, col.dtype, col.shape[1:], col.site)
+            col = ColumnInfo(name, col.dtype, col.shape[1:], col.site, col.storage)
         cols.append(col)
     if problems:
         raise PlanError(problems)

@@ -187,6 +187,7 @@ def run(
             "truncated": res.truncated,
             "errors": len(errors),
             "seconds": round(res.seconds, 3),
+            "stages": {k: round(v, 4) for k, v in res.stages.items()},
         }
         write_json_atomic(out / MANIFEST_FILE, manifest)
         progress.shard_done(res.shard, res.examples, res.tokens, len(errors))
@@ -242,7 +243,7 @@ def _execute(
     if ex.runner == "ray":
         from .ray_runner import run_on_ray
 
-        run_on_ray(spec, spec_data, ids, sample, todo, done, failed, address)
+        run_on_ray(spec, spec_data, plan, ids, sample, todo, done, failed, address)
         return
     runner = ShardRunner(spec_data, ids, sample, None, plan=plan)
     for k, shard_rows, errs in todo:

@@ -129,10 +129,20 @@ def inspect(directory: str | Path) -> str:
         f"tokens    {tokens} real, {padded} padded "
         f"({(1 - tokens / padded) * 100 if padded else 0:.1f}% padding)",
         f"size      {size / 2**20:.1f} MiB on disk",
-        "columns",
     ]
+    stages: dict[str, float] = {}
+    for s in done:
+        for k, v in s.get("stages", {}).items():
+            stages[k] = stages.get(k, 0.0) + v
+    if stages:  # summed over shards, so actors working in parallel add up
+        total = sum(stages.values()) or 1.0
+        lines.append(
+            "time      " + ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in stages.items())
+        )
+    lines.append("columns")
     for c in m["columns"]:
         shape = ["tokens" if d is None else d for d in c["shape"]]
-        lines.append(f"  {c['name']:<28} {c['dtype']:<9} {shape}  <- {c['site']}")
+        stored = " as bytes" if c.get("storage") == "bytes" or c["dtype"] == "bfloat16" else ""
+        lines.append(f"  {c['name']:<28} {c['dtype']:<9} {shape}{stored}  <- {c['site']}")
     lines.append("versions  " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
     return "\n".join(lines)

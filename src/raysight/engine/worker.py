@@ -23,7 +23,7 @@ from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
 from .plan import RunPlan, make_plan, min_tokens
 
-__all__ = ["ShardError", "ShardResult", "ShardRunner"]
+__all__ = ["STAGES", "ShardError", "ShardResult", "ShardRunner"]
 
 
 class ShardError(RuntimeError):
@@ -41,11 +41,18 @@ class ShardResult:
     truncated: int
     seconds: float
     errors: list[tuple[Any, str]] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
+
+
+# Where a shard's time goes. forward includes the ops; to_host is the copy of the saves off the
+# device (on a GPU it also waits for the forward's queued kernels); write is the time the worker
+# was blocked on the background writer, including the final flush, fsync and rename.
+STAGES = ("tokenize", "collate", "forward", "to_host", "encode", "write")
 
 
 class ShardRunner:
-    """One model replica. ``plan`` may be handed over in-process; an actor plans for itself
-    (planning is deterministic, so both get the same hooks and schema)."""
+    """One model replica. ``plan`` is the driver's plan, handed over in-process or shipped to an
+    actor; without one the runner plans for itself (planning is deterministic)."""
 
     def __init__(
         self,
@@ -127,7 +134,10 @@ class ShardRunner:
         errors: list[tuple[Any, str]] = []
         items = []
         need = min_tokens(self.spec)
-        for e in self._encode(rows):
+        self._stages = dict.fromkeys(STAGES, 0.0)
+        encoded = self._encode(rows)
+        self._stages["tokenize"] = time.perf_counter() - t0
+        for e in encoded:
             if not e.ids:
                 errors.append((e.example_id, "the text tokenizes to no tokens"))
             elif self.loaded.kind != "tensor" and len(e.ids) < need:
@@ -146,14 +156,20 @@ class ShardRunner:
             self.spec.output.format,
             self.spec.output.compression,
             self.spec.output.row_group_bytes,
+            background=True,
         )
         writer.start()
         tokens = padded = examples = 0
         self._model_failures: list[str] = []  # rows that raised inside the model, not in an op
         try:
-            for group in pack([len(e.ids) for e in items], ex.batch_tokens, ex.max_batch_rows):
+            for group in pack(
+                [len(e.ids) for e in items], ex.batch_tokens, ex.max_batch_rows, ex.max_padding
+            ):
                 for batch, values in self._run_group([items[i] for i in group], by_id, errors):
-                    writer.write(self._record_batch(batch, values))
+                    t = time.perf_counter()
+                    record = self._record_batch(batch, values)
+                    self._stages["encode"] += time.perf_counter() - t
+                    writer.write(record)
                     examples += batch.size
                     tokens += sum(batch.lengths)
                     padded += batch.size * batch.padded_length
@@ -169,6 +185,7 @@ class ShardRunner:
             writer.fail()
             raise
         truncated = sum(e.truncated for e in items)
+        self._stages["write"] = writer.write_seconds
         return ShardResult(
             shard,
             path.name,
@@ -179,16 +196,26 @@ class ShardRunner:
             truncated,
             time.perf_counter() - t0,
             errors,
+            self._stages,
         )
 
     def _run_group(self, group: list[Encoded], rows: dict[Any, Row], errors: list) -> Any:
         """Run one batch; if it fails, run its rows alone so only the bad rows are lost (this
         also recovers a batch that ran out of memory)."""
+        t = time.perf_counter()
         batch = self._collate(group, rows)
+        t_run, host = time.perf_counter(), self.interleaver.host_seconds
+        self._stages["collate"] += t_run - t
         try:
-            values = self.interleaver.run(batch)
+            values, failure = self.interleaver.run(batch), None
         except Exception as e:  # any failure is narrowed down to rows first
+            values, failure = None, e
+        to_host = self.interleaver.host_seconds - host
+        self._stages["to_host"] += to_host
+        self._stages["forward"] += time.perf_counter() - t_run - to_host
+        if failure is not None:
             if len(group) == 1:
+                e = failure
                 reason = str(e) if isinstance(e, OpError) else f"{type(e).__name__}: {e}"
                 errors.append((group[0].example_id, reason))
                 if not isinstance(e, OpError):

@@ -8,6 +8,7 @@ row, stop right after the last value anything needs, and remove every hook and f
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from ..data.batching import Batch
 from ..models.loading import LoadedModel
 from ..spec.models import FileValue, TopK, ZerosValue
+from .host import to_host
 from .resolve import HookPlan, SaveAction, SetAction, SkipAction, Target
 from .selectors import (
     SelectError,
@@ -144,6 +146,7 @@ class Interleaver:
         self.loaded = loaded
         self.plan = plan
         self.modules = dict(loaded.module.named_modules())
+        self.host_seconds = 0.0  # time spent copying saves off the device, all batches
 
     # ------------------------------------------------------------------ saves
     def _save(self, value: Any, act: SaveAction, ctx: _Ctx) -> None:
@@ -339,10 +342,7 @@ class Interleaver:
                     del mod.forward
                 else:
                     mod.forward = old
-        return {k: _to_cpu(v) for k, v in ctx.results.items()}
-
-
-def _to_cpu(v: Any) -> Any:
-    if torch.is_tensor(v):
-        return v if v.device.type in ("cpu", "meta") else v.to("cpu")
-    return [r if r.device.type in ("cpu", "meta") else r.to("cpu") for r in v]
+        t0 = time.perf_counter()
+        out = to_host(ctx.results)
+        self.host_seconds += time.perf_counter() - t0
+        return out

@@ -234,6 +234,10 @@ class OutputSpec(_Strict):
     """per_sequence: one row per example; per_token: one row per real token (padding dropped)."""
     format: Literal["parquet", "arrow"] = "parquet"
     """Data file format: Parquet or Arrow IPC (Feather v2)."""
+    tensor_storage: Literal["typed", "bytes"] = "typed"
+    """typed: tensors as Arrow number lists that any reader understands; bytes: one binary value
+    of raw bytes per row (dtype and shape in the field metadata, decoded by raysight.open),
+    several times faster to write as Parquet for float16. bfloat16 is always stored as bytes."""
     include_text: bool = False
     """Add a `text` column with the prompt."""
     compression: Literal["none", "zstd", "lz4", "snappy"] = "none"
@@ -255,6 +259,9 @@ class ExecutionSpec(_Strict):
     """Token budget per batch (rows × padded length)."""
     max_batch_rows: int = Field(256, ge=1)
     """Upper bound on rows per batch."""
+    max_padding: float = Field(0.05, ge=0, le=1)
+    """Most padding a batch may have, as a fraction of its padded tokens: rows are sorted by
+    length and a batch is closed early rather than exceed it (1 turns bucketing off)."""
     shard_rows: int = Field(4096, ge=1)
     """Rows per shard: the unit of output file, resume and retry."""
     max_retries: int = Field(2, ge=0, le=100)

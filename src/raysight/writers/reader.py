@@ -1,8 +1,8 @@
 """``raysight.open(path)``: a dataset as torch tensors, a pyarrow table, or a polars/pandas frame.
 
 The files are plain Parquet / Arrow IPC, so pyarrow, polars, duckdb and Ray Data read them too;
-this reader adds what they cannot know: bfloat16 bits back to ``torch.bfloat16``, and per-row
-token dimensions back to a list of tensors.
+this reader adds what they cannot know: tensors stored as bytes (always for bfloat16) back to
+torch tensors, and per-row token dimensions back to a list of tensors.
 """
 
 from __future__ import annotations
@@ -105,26 +105,41 @@ def decode(arr: pa.Array, dtype: str, shape: list[int | None]) -> torch.Tensor |
     n = len(arr)
     if isinstance(arr, pa.ExtensionArray):
         arr = arr.storage
-    if shape and shape[0] is None:
-        rest = [int(d) for d in shape[1:]]
-        if dtype == "bfloat16":
-            rows = [np.frombuffer(b.as_py(), dtype=np.uint16) for b in arr]
-            return [_from_numpy(r, dtype).reshape(-1, *rest) for r in rows]
+    variable = bool(shape) and shape[0] is None
+    rest = [int(d) for d in (shape[1:] if variable else shape)]
+    width = int(np.prod(rest)) if rest else 1
+    if pa.types.is_fixed_size_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        return _decode_bytes(arr, dtype, rest, width, variable)
+    if variable:
         offsets = arr.offsets.to_numpy()
+        offsets = offsets - offsets[0]  # a slice's offsets start mid-buffer; flatten() does not
         flat = arr.flatten()
         flat = flat.flatten() if rest else flat
         values = _from_numpy(flat.to_numpy(zero_copy_only=False), dtype)
-        width = int(np.prod(rest)) if rest else 1
         return [
             values[offsets[i] * width : offsets[i + 1] * width].reshape(-1, *rest) for i in range(n)
         ]
-    dims = [int(d) for d in shape]
-    if dtype == "bfloat16":
-        buf = np.frombuffer(arr.buffers()[1], dtype=np.uint16)[arr.offset * int(np.prod(dims)) :]
-        return _from_numpy(buf[: n * int(np.prod(dims))], dtype).reshape(n, *dims)
-    if dims:
+    if rest:
         arr = arr.flatten()
-    return _from_numpy(arr.to_numpy(zero_copy_only=False), dtype).reshape(n, *dims)
+    return _from_numpy(arr.to_numpy(zero_copy_only=False), dtype).reshape(n, *rest)
+
+
+def _decode_bytes(
+    arr: pa.Array, dtype: str, rest: list[int], width: int, variable: bool
+) -> torch.Tensor | list:
+    """Tensors stored as one binary value per row: read the data buffer once, no per-row copy."""
+    n = len(arr)
+    item = _TORCH[dtype].itemsize
+    raw = np.uint16 if dtype == "bfloat16" else _NP[_TORCH[dtype]]
+    if not variable:
+        start = arr.offset * width * item
+        buf = np.frombuffer(arr.buffers()[1], dtype=np.uint8)[start : start + n * width * item]
+        return _from_numpy(buf.view(raw), dtype).reshape(n, *rest)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    values = _from_numpy(data.view(raw), dtype)
+    ends = (offsets - offsets[0]) // item
+    return [values[ends[i] : ends[i + 1]].reshape(-1, *rest) for i in range(n)]
 
 
 def open_dataset(path: str | Path) -> Dataset:

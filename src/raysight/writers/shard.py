@@ -4,11 +4,19 @@ The file is written under a hidden temporary name (readers such as pyarrow datas
 starting with '.') and renamed into place by :meth:`ShardWriter.commit`, so a crash never leaves a
 partial file that looks finished. Batches are buffered until about ``row_group_bytes`` so row
 groups are sized in bytes, not rows.
+
+With ``background=True`` each full row group is encoded and written by one helper thread while
+the caller goes on computing the next batches (pyarrow releases the GIL while it encodes and
+writes). At most one row group is in flight and one is filling, so memory stays near
+2 x ``row_group_bytes``; an error in the thread is raised by the next ``write`` or ``commit``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,7 @@ class ShardWriter:
         fmt: str = "parquet",
         compression: str = "none",
         row_group_bytes: int = 128 * 2**20,
+        background: bool = False,
     ):
         self.final = Path(directory) / part_name(shard, fmt)
         self.tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.tmp")
@@ -44,6 +53,9 @@ class ShardWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_bytes = 0
         self._writer: Any = None
+        self._pool = ThreadPoolExecutor(1, "raysight-writer") if background else None
+        self._inflight: Future | None = None
+        self.write_seconds = 0.0  # time the caller spent blocked on writing
 
     def start(self) -> ShardWriter:
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -80,28 +92,53 @@ class ShardWriter:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._pending:
-            return
-        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        t0 = time.perf_counter()
+        self._wait()
+        if self._pending:
+            batches, self._pending, self._pending_bytes = self._pending, [], 0
+            if self._pool is None:
+                self._write_group(batches)
+            else:
+                self._inflight = self._pool.submit(self._write_group, batches)
+        self.write_seconds += time.perf_counter() - t0
+
+    def _wait(self) -> None:
+        if self._inflight is not None:
+            done, self._inflight = self._inflight, None
+            done.result()  # re-raises the thread's error here, in the caller
+
+    def _write_group(self, batches: list[pa.RecordBatch]) -> None:
+        table = pa.Table.from_batches(batches, schema=self.schema)
         if self.fmt == "parquet":
             self._writer.write_table(table, row_group_size=max(1, table.num_rows))
         else:
             for b in table.combine_chunks().to_batches():
                 self._writer.write_batch(b)
-        self._pending, self._pending_bytes = [], 0
 
     def commit(self) -> Path:
         """Finish the file and move it into place atomically."""
         self._flush()
+        t0 = time.perf_counter()
+        self._wait()
         self._writer.close()
         self._writer = None
         with open(self.tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(self.tmp, self.final)
+        self._shutdown()
+        self.write_seconds += time.perf_counter() - t0
         return self.final
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def fail(self) -> None:
         """Drop the partial file; nothing already committed is touched."""
+        with contextlib.suppress(Exception):  # the error that made us fail is the one to report
+            self._wait()
+        self._shutdown()
         try:
             if self._writer is not None:
                 self._writer.close()
