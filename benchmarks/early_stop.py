@@ -11,10 +11,9 @@ the script calls ``tracer.stop()``). Every method runs once per repetition, in t
 from __future__ import annotations
 
 import argparse
-import random
 
 import torch
-from interleaver_overhead import WORDS, round_robin
+from interleaver_overhead import interleaver_for, round_robin, setup
 
 LAYERS = (0, 7, 14, 22, 29)
 
@@ -26,31 +25,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
 
-    import nnsight
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from raysight.data.batching import Encoded, collate
-    from raysight.engine.plan import make_plan
-    from raysight.interleave.interleaver import Interleaver
-    from raysight.models.bundled import resolve_bundled
-    from raysight.models.loading import load_model
-    from raysight.spec import parse_spec
-
-    path = resolve_bundled("bundled:smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(path)
-    rng = random.Random(0)
-    prompts = [
-        " ".join(rng.choice(WORDS) for _ in range(rng.randint(args.words // 2, args.words)))
-        for _ in range(args.batch)
-    ]
-    batch = collate(
-        [Encoded(i, tok(p)["input_ids"]) for i, p in enumerate(prompts)],
-        tok.pad_token_id or 0,
-        "left",
-        True,
-    )
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    lm = nnsight.LanguageModel(model, tokenizer=tok)
+    env = setup(args.batch, args.words)
+    batch, model, lm = env.batch, env.model, env.lm
     n_layers = len(model.model.layers)
 
     def bare():
@@ -58,22 +34,8 @@ def main() -> None:
             model.model(**batch.inputs)
 
     fns = {"bare": bare}
-    loaded = load_model(
-        parse_spec(
-            {"model": {"path": path}, "data": {"prompts": ["x"]}, "output": {"path": "unused"}}
-        ).model
-    )
     for layer in LAYERS:
-        spec = parse_spec(
-            {
-                "model": {"path": path},
-                "data": {"prompts": ["x"]},
-                "ops": [{"save": f"layers.{layer}.output", "as": "h"}],
-                "output": {"path": "unused"},
-            }
-        )
-        plan = make_plan(spec, loaded=load_model(spec.model, meta=True))
-        inter = Interleaver(loaded, plan.hooks)
+        inter = interleaver_for(env, [{"save": f"layers.{layer}.output", "as": "h"}])
         fns[f"raysight {layer}"] = lambda inter=inter: inter.run(batch)
 
         def nn_trace(layer=layer):

@@ -120,15 +120,13 @@ def nnsight_script(path: str, prompts: list[str], layer: int, out: Path, args):
 
 def raysight_run(prompts: list[str], layer: int, out: Path, runner: str, args):
     import raysight
+    from raysight.engine.verify import stage_seconds
 
     t0 = time.perf_counter()
     summary = raysight.run(spec_for(prompts, layer, out, runner, args), log=lambda m: None)
     secs = time.perf_counter() - t0
     shards = json.loads((out / "_manifest.json").read_text())["shards"].values()
-    stages: dict[str, float] = {}
-    for sh in shards:
-        for k, v in sh["stages"].items():
-            stages[k] = stages.get(k, 0.0) + v
+    stages = stage_seconds(shards)
     padded = sum(sh["padded_tokens"] for sh in shards)
     return secs, summary.tokens, padded, stages
 

@@ -15,6 +15,7 @@ import argparse
 import random
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -38,38 +39,69 @@ def round_robin(fns: dict[str, object], repeat: int) -> dict[str, float]:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def setup(n_prompts: int, words: int) -> SimpleNamespace:
+    """SmolLM2 on the CPU, one left-padded batch of ``n_prompts`` prompts of words/2-words words,
+    the HF model, nnsight's wrapper of it, and a separate raysight replica (hooks never mix)."""
+    import nnsight
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raysight.data.batching import Encoded, collate
+    from raysight.models.bundled import resolve_bundled
+    from raysight.models.loading import load_model
+    from raysight.spec import parse_spec
+
+    path = str(resolve_bundled("bundled:smollm2-135m-instruct"))
+    tok = AutoTokenizer.from_pretrained(path)
+    rng = random.Random(0)
+    prompts = [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(words // 2, words)))
+        for _ in range(n_prompts)
+    ]
+    enc = [Encoded(i, tok(p)["input_ids"]) for i, p in enumerate(prompts)]
+    batch = collate(enc, tok.pad_token_id or 0, "left", True)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    spec = parse_spec(
+        {"model": {"path": path}, "data": {"prompts": ["x"]}, "output": {"path": "-"}}
+    )
+    return SimpleNamespace(
+        path=path,
+        batch=batch,
+        model=model,
+        lm=nnsight.LanguageModel(model, tokenizer=tok),
+        loaded=load_model(spec.model),
+    )
+
+
+def interleaver_for(env: SimpleNamespace, ops: list[dict]):
+    """raysight's interleaver with ``ops`` planned on the meta device, on the shared replica."""
+    from raysight.engine.plan import make_plan
+    from raysight.interleave.interleaver import Interleaver
+    from raysight.models.loading import load_model
+    from raysight.spec import parse_spec
+
+    spec = parse_spec(
+        {
+            "model": {"path": env.path},
+            "data": {"prompts": ["x"]},
+            "ops": ops,
+            "output": {"path": "-"},
+        }
+    )
+    plan = make_plan(spec, loaded=load_model(spec.model, meta=True))
+    return Interleaver(env.loaded, plan.hooks)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--words", type=int, default=48)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-
-    import nnsight
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from raysight.data.batching import Encoded, collate
-    from raysight.engine.plan import make_plan
-    from raysight.interleave.interleaver import Interleaver
-    from raysight.models.bundled import resolve_bundled
-    from raysight.models.loading import load_model
-    from raysight.spec import parse_spec
-
-    path = resolve_bundled("bundled:smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(path)
-    rng = random.Random(0)
-    prompts = [
-        " ".join(rng.choice(WORDS) for _ in range(rng.randint(args.words // 2, args.words)))
-        for _ in range(args.batch)
-    ]
-    enc = [Encoded(i, tok(p)["input_ids"]) for i, p in enumerate(prompts)]
-    batch = collate(enc, tok.pad_token_id or 0, "left", True)
+    env = setup(args.batch, args.words)
+    batch, model, lm = env.batch, env.model, env.lm
     inputs = batch.inputs
     n_tokens = sum(batch.lengths)
-
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
     layers = model.model.layers
-    lm = nnsight.LanguageModel(model, tokenizer=tok)
     print(
         f"SmolLM2-135M, CPU, {torch.get_num_threads()} threads, batch {args.batch} x "
         f"{batch.padded_length} tokens ({n_tokens} real), median of {args.repeat}"
@@ -109,17 +141,9 @@ def main() -> None:
                     saved.append(lm.model.layers[i].output.save())
             return saved
 
-        spec = parse_spec(
-            {
-                "model": {"path": path},
-                "data": {"prompts": ["x"]},
-                "ops": [{"save": f"layers.{i}.output", "as": f"h{i}"} for i in chosen],
-                "output": {"path": "unused"},
-            }
+        inter = interleaver_for(
+            env, [{"save": f"layers.{i}.output", "as": f"h{i}"} for i in chosen]
         )
-        loaded = load_model(spec.model)
-        plan = make_plan(spec, loaded=load_model(spec.model, meta=True))
-        inter = Interleaver(loaded, plan.hooks)
 
         fns[f"plain hooks, {n} layer(s)"] = hooks
         fns[f"nnsight 0.8, {n} layer(s)"] = nn_trace

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..writers.manifest import ERRORS_FILE, read_manifest
 
-__all__ = ["inspect", "verify"]
+__all__ = ["inspect", "stage_seconds", "verify"]
 
 
 def _read_ids(path: Path, per_token: bool) -> tuple[int, list, pa.Schema]:
@@ -108,6 +109,15 @@ def _errors(out: Path) -> dict[Any, str]:
     return {r["example_id"]: r["reason"] for r in recs}
 
 
+def stage_seconds(shards: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per stage (tokenize, forward, ...), summed over finished shards' manifest entries."""
+    total: dict[str, float] = {}
+    for shard in shards:
+        for stage, secs in shard.get("stages", {}).items():
+            total[stage] = total.get(stage, 0.0) + secs
+    return total
+
+
 def inspect(directory: str | Path) -> str:
     """A human summary of a dataset: spec, model, columns, shards, rows, size, errors."""
     out = Path(directory)
@@ -130,10 +140,7 @@ def inspect(directory: str | Path) -> str:
         f"({(1 - tokens / padded) * 100 if padded else 0:.1f}% padding)",
         f"size      {size / 2**20:.1f} MiB on disk",
     ]
-    stages: dict[str, float] = {}
-    for s in done:
-        for k, v in s.get("stages", {}).items():
-            stages[k] = stages.get(k, 0.0) + v
+    stages = stage_seconds(done)
     if stages:  # summed over shards, so actors working in parallel add up
         total = sum(stages.values()) or 1.0
         lines.append(

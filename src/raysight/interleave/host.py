@@ -39,15 +39,14 @@ def _rows(rows: list[torch.Tensor]) -> list[torch.Tensor]:
 def to_host(results: dict[str, Any]) -> dict[str, Any]:
     """``results`` (tensors, or lists of per-row tensors) with every tensor in host memory."""
     out: dict[str, Any] = {}
-    devices = set()
+    devices: set[torch.device] = set()
     for key, v in results.items():
-        for t in [v] if torch.is_tensor(v) else v:
-            if _on_device(t):
-                devices.add(t.device)
+        tensors = [v] if torch.is_tensor(v) else list(v)
+        devices.update(t.device for t in tensors if _on_device(t))
         if torch.is_tensor(v):
             out[key] = _copy(v) if _on_device(v) else v
         else:
-            out[key] = _rows(list(v))
+            out[key] = _rows(tensors)
     for device in devices:
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()  # the non-blocking copies landed
