@@ -131,3 +131,37 @@ def test_sequential_matches_nnsight(run_spec):
     got = by_id(ds, "3.output")
     for i in range(5):
         close(got[i], ref[i])
+
+
+@pytest.mark.parametrize("arch", list(LAYERS))
+def test_gradients_match_nnsight(arch, nn_models, tiny_dirs, run_spec):
+    """nnsight's `with loss.backward():` reading one gradient and scaling another on the way."""
+    lm, layers = nn_models[arch], LAYERS[arch]
+    (tid,) = lm.tokenizer("e", add_special_tokens=False)["input_ids"]
+    ds = run_spec(
+        make_spec(
+            tiny_dirs[arch],
+            None,
+            [
+                {"grad": "layers.2.output", "as": "g2"},
+                {"grad": "layers.1.output", "value": 0.5, "mode": "scale"},
+                {"grad": "layers.0.output", "as": "g0"},
+            ],
+            backward={"loss": {"logprob": {"target": "e"}}},
+            execution={"max_padding": 1},
+        )
+    )
+    g2, g0 = by_id(ds, "g2"), by_id(ds, "g0")
+    for k, prompt in enumerate(PROMPTS):
+        with lm.trace(prompt):
+            h0 = envoy(lm, f"{layers}.0").output
+            h0.requires_grad_(True)
+            h1 = envoy(lm, f"{layers}.1").output
+            h2 = envoy(lm, f"{layers}.2").output
+            loss = lm.lm_head.output[0, -1].log_softmax(-1)[tid]
+            with loss.backward():
+                ref2 = h2.grad.save()
+                h1.grad = h1.grad * 0.5
+                ref0 = h0.grad.save()
+        close(g2[k], ref2[0])
+        close(g0[k], ref0[0])

@@ -97,8 +97,9 @@ def _plan(spec: Spec) -> dict[str, Any]:
     from .data.readers import id_type, read_rows, tensor_sample
     from .engine.plan import make_plan
     from .models.loading import load_model
+    from .spec.backward import loss_fields
 
-    rows, bad, total = read_rows(spec.data)
+    rows, bad, total = read_rows(spec.data, keep=loss_fields(spec.backward))
     meta = load_model(spec.model, meta=True)
     sample = tensor_sample(spec.data, rows)
     plan = make_plan(spec, sample, pa.type_for_alias(id_type(rows)), loaded=meta)

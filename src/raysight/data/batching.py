@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Batch", "Encoded", "collate", "encode", "pack"]
+__all__ = ["Batch", "Encoded", "collate", "encode", "pack", "token_targets"]
 
 
 @dataclass
@@ -22,6 +22,7 @@ class Encoded:
     ids: list[int]
     text: str | None = None
     truncated: bool = False
+    targets: dict[str, int] | None = None  # token ids the loss takes from data columns
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Batch:
     lengths: list[int]  # real tokens per row (1 for tensor models)
     token_ids: list[list[int]] | None  # real token ids per row
     texts: list[str | None]
+    targets: list[dict[str, int]] | None = None  # per row: data column -> token id (the loss)
 
     @property
     def size(self) -> int:
@@ -51,6 +53,24 @@ def encode(tokenizer: Any, rows: list[Any], max_length: int, add_special: bool) 
         out.append(
             Encoded(row.example_id, list(toks[:max_length]), row.payload, len(toks) > max_length)
         )
+    return out
+
+
+def token_targets(tokenizer: Any, fields: dict[str, Any], columns: list[str]) -> dict[str, int]:
+    """One row's loss target tokens from its data columns: an id, or text that is one token.
+    Raises ValueError naming the column otherwise."""
+    out = {}
+    for col in columns:
+        v = fields[col]
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[col] = v
+            continue
+        if not isinstance(v, str):
+            raise ValueError(f"field {col!r} is {type(v).__name__}; give a token id or its text")
+        ids = tokenizer(v, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"field {col!r}: {v!r} is {len(ids)} tokens {ids}; a target is one")
+        out[col] = ids[0]
     return out
 
 
@@ -108,4 +128,5 @@ def collate(items: list[Encoded], pad_id: int, side: str, causal: bool) -> Batch
         lengths=[len(e.ids) for e in items],
         token_ids=[e.ids for e in items],
         texts=[e.text for e in items],
+        targets=[e.targets or {} for e in items],
     )

@@ -25,6 +25,7 @@ class Row:
     index: int  # position in the input; shards are ranges of it
     example_id: Any  # the index, or the id column's value
     payload: Any  # text, or a numeric list for tensor models
+    fields: dict[str, Any] | None = None  # other columns the spec reads (loss targets)
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,13 @@ def _field(rec: Any, name: str) -> tuple[bool, Any]:
     return False, None
 
 
-def read_rows(spec: DataSpec, base: str | Path = ".") -> tuple[list[Row], list[RowError], int]:
-    """Usable rows and unusable rows (with reasons), in input order, and the input row count."""
+def read_rows(
+    spec: DataSpec, base: str | Path = ".", keep: list[tuple[str, str]] = ()
+) -> tuple[list[Row], list[RowError], int]:
+    """Usable rows and unusable rows (with reasons), in input order, and the input row count.
+
+    ``keep`` lists (column, spec field that needs it): each row carries those columns along.
+    """
     records = _records(spec, Path(base))
     if spec.limit is not None:
         records = records[: spec.limit]
@@ -97,10 +103,15 @@ def read_rows(spec: DataSpec, base: str | Path = ".") -> tuple[list[Row], list[R
             errors.append(RowError(i, eid, rec.reason))
             continue
         problem, payload = _payload(spec, rec)
+        fields = {}
+        for name, where in keep:
+            has, fields[name] = _field(rec, name)
+            if not has and not problem:
+                problem = f"no field {name!r} ({where}.field)"
         if problem:
             errors.append(RowError(i, eid, problem))
         else:
-            rows.append(Row(i, eid, payload))
+            rows.append(Row(i, eid, payload, fields or None))
     if spec.id_field is not None and len({type(r.example_id) for r in rows}) > 1:
         raise DataError(f"data.id_field {spec.id_field!r} mixes ints and strings")
     return rows, errors, len(records)
@@ -115,7 +126,7 @@ def _payload(spec: DataSpec, rec: Any) -> tuple[str | None, Any]:
             return f"field {spec.input_field!r} must be a non-empty list of numbers", None
         return None, val
     text = rec
-    if spec.prompts is None and not isinstance(rec, str):
+    if isinstance(rec, dict) or (spec.prompts is None and not isinstance(rec, str)):
         has, text = _field(rec, spec.text_field)
         if not has:
             return f"no field {spec.text_field!r} (data.text_field)", None

@@ -23,6 +23,7 @@ from ..interleave.resolve import (
 )
 from ..interleave.selectors import SelectError
 from ..models.loading import LoadedModel, load_model, meta_safe
+from ..spec.backward import CrossEntropyLoss, loss_fields
 from ..spec.models import Spec
 from ..writers.encode import ColumnInfo, arrow_field
 
@@ -46,12 +47,13 @@ class RunPlan:
         return sum(c.row_bytes(tokens) for c in self.columns)
 
 
-def _meta_batch(loaded: LoadedModel, sample: Any, length: int) -> Batch:
+def _meta_batch(spec: Spec, loaded: LoadedModel, sample: Any, length: int) -> Batch:
     """One unpadded row of ``length`` tokens (or the sample tensor) for the meta model."""
     inputs = sample_inputs(loaded, sample, length)
     if loaded.kind == "tensor":
         return Batch([0], inputs, [0], [1], None, [None])
-    return Batch([0], inputs, [0], [length], [[0] * length], [None])
+    targets = [{col: 0 for col, _ in loss_fields(spec.backward)}]
+    return Batch([0], inputs, [0], [length], [[0] * length], [None], targets)
 
 
 def _row_shape(data: Any) -> tuple[tuple[int, ...], torch.dtype]:
@@ -69,9 +71,11 @@ def _infer_columns(
     for length in lengths:
         try:
             with meta_safe(loaded):
-                runs.append(Interleaver(loaded, hooks).run(_meta_batch(loaded, sample, length)))
+                runs.append(
+                    Interleaver(loaded, hooks).run(_meta_batch(spec, loaded, sample, length))
+                )
         except (OpError, SelectError) as e:
-            raise PlanError([str(e)]) from None
+            raise PlanError(getattr(e, "problems", None) or [str(e)]) from None
         except Exception as e:
             raise PlanError([f"model: a meta-device forward with the ops failed ({e})"]) from None
     where = {s.column: s for s in hooks.saves}
@@ -107,6 +111,14 @@ def _infer_columns(
 def min_tokens(spec: Spec) -> int:
     """The fewest real tokens a row needs for every op's positions to exist."""
     pos = [p for op in [*spec.edits, *spec.ops] for p in (getattr(op, "positions", None) or [])]
+    if spec.backward is not None:
+        loss = spec.backward.loss
+        pos += getattr(loss, "positions", None) or []
+        for key in ("logprob", "logit", "logit_diff"):
+            if getattr(loss, key, None) is not None:
+                pos.append(getattr(loss, key).position)
+        if isinstance(loss, CrossEntropyLoss):
+            pos.append(1)  # a next-token prediction needs two tokens
     return max([1, *(max(p + 1, -p) for p in pos)])
 
 

@@ -14,10 +14,11 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from ..data.batching import Batch, Encoded, collate, encode, pack
+from ..data.batching import Batch, Encoded, collate, encode, pack, token_targets
 from ..data.readers import Row
 from ..interleave.interleaver import Interleaver, OpError
 from ..models.loading import load_model
+from ..spec.backward import loss_fields
 from ..spec.load import parse_spec
 from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
@@ -136,8 +137,17 @@ class ShardRunner:
         need = min_tokens(self.spec)
         self._stages = dict.fromkeys(STAGES, 0.0)
         encoded = self._encode(rows)
+        columns = sorted({col for col, _ in loss_fields(self.spec.backward)})
         self._stages["tokenize"] = time.perf_counter() - t0
         for e in encoded:
+            if columns:
+                try:
+                    e.targets = token_targets(
+                        self.loaded.tokenizer, by_id[e.example_id].fields, columns
+                    )
+                except ValueError as err:
+                    errors.append((e.example_id, f"backward.loss target: {err}"))
+                    continue
             if not e.ids:
                 errors.append((e.example_id, "the text tokenizes to no tokens"))
             elif self.loaded.kind != "tensor" and len(e.ids) < need:

@@ -9,7 +9,7 @@ row, stop right after the last value anything needs, and remove every hook and f
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,15 +17,16 @@ import torch
 from ..data.batching import Batch
 from ..models.loading import LoadedModel
 from ..spec.models import FileValue, TopK, ZerosValue
+from .actions import GradAction, HookPlan, SaveAction, SetAction, SkipAction, Target
+from .gradients import backward
 from .host import to_host
-from .resolve import HookPlan, SaveAction, SetAction, SkipAction, Target
+from .rows import Ctx, OpError, batched, extract, has_seq, map_rows, own, reduce_last, row_view
 from .selectors import (
     SelectError,
     abs_positions,
     container_get,
     container_set,
     split_index,
-    to_torch_index,
 )
 from .values import load_tensor_file, make_value
 
@@ -34,109 +35,8 @@ __all__ = ["Interleaver", "OpError"]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class OpError(RuntimeError):
-    """An op failed on real values (e.g. a shape that does not fit); names the op."""
-
-
 class _Stop(Exception):
     """Raised after the last needed hook: the rest of the forward is not run."""
-
-
-@dataclass
-class _Ctx:
-    batch: Batch
-    token_model: bool
-    store: dict[tuple[str, str], Any] = field(default_factory=dict)
-    results: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def size(self) -> int:
-        return self.batch.size
-
-    @property
-    def width(self) -> int:
-        return int(next(iter(self.batch.inputs.values())).shape[1]) if self.token_model else 0
-
-
-def _batched(x: torch.Tensor, ctx: _Ctx, where: str) -> torch.Tensor:
-    if x.dim() >= 1 and x.shape[0] == ctx.size:
-        return x
-    if x.dim() >= 1 and x.shape[0] == 1:  # broadcast over the batch, e.g. GPT-2's wpe output
-        return x.expand(ctx.size, *x.shape[1:])
-    raise SelectError(f"{where}: leading dimension {tuple(x.shape)[:1]} is not the batch size")
-
-
-def _has_seq(x: torch.Tensor, ctx: _Ctx) -> bool:
-    return ctx.token_model and x.dim() >= 2 and x.shape[1] == ctx.width
-
-
-def _row_view(x: torch.Tensor, i: int, seq: bool, groups: tuple, ctx: _Ctx, label: str):
-    """Row i as nnsight shows a prompt run alone: batch dim kept, padding cut, selectors applied.
-
-    Only basic indexing is used, so the result is a view: writing into it writes into ``x``.
-    """
-    b = ctx.batch
-    r = x[i : i + 1]
-    if seq:
-        r = r[:, b.starts[i] : b.starts[i] + b.lengths[i]]
-    for g in groups:
-        r = r[to_torch_index(g, r.dim(), label)]
-    return r
-
-
-def _rows(
-    x: torch.Tensor, tgt: Target, groups: tuple, positions: list[int] | None, ctx: _Ctx
-) -> torch.Tensor | list[torch.Tensor]:
-    """Per-row values of a batched tensor: [rows, ...] when fixed-shape, else a list."""
-    b = ctx.batch
-    seq = _has_seq(x, ctx)
-    if positions is not None:
-        if not seq:
-            raise SelectError(
-                f"{tgt.label}: positions need a sequence dimension; shape is {list(x.shape)}"
-            )
-        idx = abs_positions(positions, b.starts, b.lengths, x.device)
-        x = x[torch.arange(ctx.size, device=x.device)[:, None], idx]
-        seq = False
-    if not groups:
-        if not seq:
-            return x
-        return [x[i, b.starts[i] : b.starts[i] + b.lengths[i]] for i in range(ctx.size)]
-    return [_row_view(x, i, seq, groups, ctx, tgt.label)[0] for i in range(ctx.size)]
-
-
-def _extract(value: Any, tgt: Target, positions: list[int] | None, ctx: _Ctx):
-    path, groups = split_index(tgt.index, value, tgt.primary)
-    x = _batched(container_get(value, path), ctx, tgt.label)
-    return _rows(x, tgt, groups, positions, ctx)
-
-
-def _own(value: Any) -> Any:
-    """A private copy of every tensor in ``value``: later modules may write into theirs."""
-    if torch.is_tensor(value):
-        return value.clone()
-    if isinstance(value, tuple):
-        return tuple(_own(v) for v in value)
-    if isinstance(value, list):
-        return [_own(v) for v in value]
-    return value
-
-
-def _map(data: torch.Tensor | list[torch.Tensor], fn) -> Any:
-    return fn(data) if torch.is_tensor(data) else [fn(r) for r in data]
-
-
-def _reduce(x: torch.Tensor, reduce: Any) -> Any:
-    if reduce is None:
-        return x
-    if reduce == "argmax":
-        return x.argmax(-1)
-    if reduce == "norm":
-        return torch.linalg.vector_norm(x, dim=-1)
-    if reduce == "mean":
-        return x.mean(-1)
-    k = min(reduce.topk, x.shape[-1])
-    return torch.topk(x, k, dim=-1)  # (values, indices)
 
 
 class Interleaver:
@@ -149,13 +49,14 @@ class Interleaver:
         self.host_seconds = 0.0  # time spent copying saves off the device, all batches
 
     # ------------------------------------------------------------------ saves
-    def _save(self, value: Any, act: SaveAction, ctx: _Ctx) -> None:
-        data = _extract(value, act.target, act.positions, ctx)
+    @torch.no_grad()
+    def _save(self, value: Any, act: SaveAction, ctx: Ctx) -> None:
+        data = extract(value, act.target, act.positions, ctx)
         if act.positions is None and not act.apply and act.reduce is None:
-            data = _map(data, torch.clone)  # a view of the live tensor otherwise
+            data = map_rows(data, torch.clone)  # a view of the live tensor otherwise
         for name in act.apply:
-            data = _map(data, self.modules[name].forward)  # direct call: no hooks fire
-        red = _map(data, lambda t: _reduce(t, act.reduce))
+            data = map_rows(data, self.modules[name].forward)  # direct call: no hooks fire
+        red = map_rows(data, lambda t: reduce_last(t, act.reduce))
         cast = (lambda t: t.to(_DTYPES[act.dtype])) if act.dtype else (lambda t: t)
         if isinstance(act.reduce, TopK):
             if torch.is_tensor(data):
@@ -163,14 +64,14 @@ class Interleaver:
             else:
                 vals, ids = [r[0] for r in red], [r[1] for r in red]
             ctx.results[f"{act.column}_ids"] = ids
-            ctx.results[f"{act.column}_values"] = _map(vals, cast)
+            ctx.results[f"{act.column}_values"] = map_rows(vals, cast)
         elif act.reduce == "argmax":
             ctx.results[act.column] = red  # token ids: never cast
         else:
-            ctx.results[act.column] = _map(red, cast)
+            ctx.results[act.column] = map_rows(red, cast)
 
     # ------------------------------------------------------------------ sets
-    def _row_value(self, val: Any, like: torch.Tensor, i: int, src: Any, ctx: _Ctx, where: str):
+    def _row_value(self, val: Any, like: torch.Tensor, i: int, src: Any, ctx: Ctx, where: str):
         if isinstance(val, Target):
             v = src[i]
             if torch.broadcast_shapes(v.shape, like.shape) != like.shape:
@@ -189,7 +90,7 @@ class Interleaver:
             return cur * v
         return v.expand_as(cur) if v.shape != cur.shape else v
 
-    def _set(self, value: Any, act: SetAction, ctx: _Ctx) -> Any:
+    def _set(self, value: Any, act: SetAction, ctx: Ctx) -> Any:
         tgt, where = act.target, act.where
         path, groups = split_index(tgt.index, value, tgt.primary)
         x = container_get(value, path)
@@ -200,9 +101,9 @@ class Interleaver:
         src = None
         if isinstance(act.value, Target):
             # With positions, the source gives the same positions of the same row.
-            src_data = _extract(ctx.store[act.value.key], act.value, act.positions, ctx)
+            src_data = extract(ctx.store[act.value.key], act.value, act.positions, ctx)
             src = list(src_data) if torch.is_tensor(src_data) else src_data
-        seq = _has_seq(x, ctx)
+        seq = has_seq(x, ctx)
         b = ctx.batch
         uniform = isinstance(act.value, (int, float, ZerosValue)) or (
             isinstance(act.value, FileValue)
@@ -231,26 +132,62 @@ class Interleaver:
         else:
             new = x.clone()
             for i in range(ctx.size):
-                r = _row_view(new, i, seq, groups, ctx, tgt.label)
+                r = row_view(new, i, seq, groups, ctx, tgt.label)
                 v = self._row_value(act.value, r[0], i, src, ctx, where)
                 r.copy_(self._combine(r, v[None], act.mode))
         return container_set(value, path, new)
 
     # ------------------------------------------------------------------ hooks
-    def _apply(self, key: tuple[str, str], value: Any, ctx: _Ctx) -> Any:
+    def _apply(self, key: tuple[str, str], value: Any, ctx: Ctx) -> Any:
         for act in self.plan.actions.get(key, ()):
             try:
                 if isinstance(act, SaveAction):
                     self._save(value, act, ctx)
+                elif isinstance(act, GradAction):
+                    value = self._grad(value, act, ctx)
                 else:
                     value = self._set(value, act, ctx)
             except (SelectError, ValueError, RuntimeError, IndexError) as e:
                 raise OpError(f"{act.where} ({act.target.label}): {e}") from e
         if key in self.plan.sources:
-            ctx.store[key] = _own(value)
+            ctx.store[key] = own(value)
+        if self.plan.loss is not None and key == self.plan.loss.target.key:
+            ctx.loss_value = value
         return value
 
-    def _post_hook(self, name: str, ctx: _Ctx):
+    def _grad(self, value: Any, act: GradAction, ctx: Ctx) -> Any:
+        """Hook the site's tensor so its gradient is saved or set when the loss is
+        differentiated; a value no grad flows into yet becomes a leaf that requires one."""
+        path, groups = split_index(act.target.index, value, act.target.primary)
+        x = batched(container_get(value, path), ctx, act.target.label)
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        local = replace(act.target, primary=False, index=groups)  # indexes the bare tensor
+        activation = x.detach() if act.kind == "attribution" else None
+
+        @torch.no_grad()
+        def hook(g: torch.Tensor) -> torch.Tensor | None:
+            ctx.fired.add(id(act))
+            try:
+                if act.kind == "set":
+                    set_ = SetAction(local, act.value, act.mode, act.positions, act.where)
+                    return self._set(g, set_, ctx)
+                if act.kind == "save":
+                    self._save(g, replace(act.out, target=local), ctx)
+                else:
+                    data = extract(g * activation, local, act.positions, ctx)
+                    cast = _DTYPES.get(act.out.dtype)
+                    ctx.results[act.out.column] = map_rows(
+                        data, lambda t: t.sum(-1).to(cast) if cast else t.sum(-1)
+                    )
+            except (SelectError, ValueError, RuntimeError, IndexError) as e:
+                raise OpError(f"{act.where} ({act.target.label}.grad): {e}") from e
+            return None
+
+        x.register_hook(hook)
+        return container_set(value, path, x)
+
+    def _post_hook(self, name: str, ctx: Ctx):
         def hook(mod, args, out):
             new = self._apply(("output", name), out, ctx)
             if self.plan.stop_event == ("post", name):
@@ -259,7 +196,7 @@ class Interleaver:
 
         return hook
 
-    def _pre_hook(self, name: str, keys: set[tuple[str, str]], ctx: _Ctx):
+    def _pre_hook(self, name: str, keys: set[tuple[str, str]], ctx: Ctx):
         def hook(mod, args, kwargs):
             if ("input", name) in keys:
                 if args:
@@ -277,7 +214,7 @@ class Interleaver:
 
         return hook
 
-    def _skip_forward(self, sk: SkipAction, ctx: _Ctx):
+    def _skip_forward(self, sk: SkipAction, ctx: Ctx):
         n_out = self.plan.tuple_outputs.get(sk.module)
 
         def forward(*args, **kwargs):
@@ -311,10 +248,10 @@ class Interleaver:
     # ------------------------------------------------------------------ run
     def run(self, batch: Batch) -> dict[str, Any]:
         """Saved values per column for this batch (moved to the CPU)."""
-        ctx = _Ctx(batch, self.loaded.kind != "tensor")
+        ctx = Ctx(batch, self.loaded.kind != "tensor")
         handles, patched = [], []
         try:
-            keys = self.plan.actions.keys() | self.plan.sources
+            keys = self.plan.hooked
             for name in {m for a, m in keys if a == "output"}:
                 hook = self._post_hook(name, ctx)
                 handles.append(self.modules[name].register_forward_hook(hook))
@@ -326,7 +263,8 @@ class Interleaver:
                 patched.append((mod, mod.__dict__.get("forward")))
                 mod.forward = self._skip_forward(sk, ctx)
             inputs = {k: v.to(self.loaded.device) for k, v in batch.inputs.items()}
-            with torch.inference_mode():
+            grads = self.plan.loss is not None
+            with torch.enable_grad() if grads else torch.inference_mode():
                 try:
                     if self.loaded.kind == "tensor":
                         self.loaded.module(inputs["input"])
@@ -334,6 +272,8 @@ class Interleaver:
                         self.loaded.module(**inputs)
                 except _Stop:
                     pass
+                if grads:
+                    backward(self.plan, ctx)
         finally:
             for h in handles:
                 h.remove()

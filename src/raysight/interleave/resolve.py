@@ -7,17 +7,21 @@ as pre/post events per module. Ops on one site keep their list order (edits firs
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..models.loading import LoadedModel, meta_safe
+from ..spec.backward import FieldRef, GradOp, MeanLoss, SumLoss
 from ..spec.models import CacheOp, FromValue, SaveOp, SetOp, SkipOp, Spec, TopK
 from ..spec.sites import SiteError, expand_module_pattern, parse_module_site, parse_value_site
+from .actions import GradAction, HookPlan, LossAction, SaveAction, SetAction, SkipAction, Target
 
 __all__ = [
+    "GradAction",
     "HookPlan",
+    "LossAction",
     "ModuleTree",
     "PlanError",
     "SaveAction",
@@ -52,73 +56,6 @@ class ModuleTree:
             return self.events.index((kind, module))
         except ValueError:
             return None
-
-
-@dataclass(frozen=True)
-class Target:
-    module: str  # raw, concrete
-    attr: str  # output | input | inputs
-    primary: bool  # standardized name: a tuple output means its element 0
-    index: tuple
-    label: str  # the concrete site as the user's namespace writes it
-
-    @property
-    def event(self) -> tuple[str, str]:
-        """When the value exists: ("post", module) for outputs, ("pre", module) for inputs."""
-        return ("post" if self.attr == "output" else "pre", self.module)
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """Which hook handles it: (attr, module)."""
-        return (self.attr, self.module)
-
-
-@dataclass
-class SaveAction:
-    target: Target
-    column: str
-    positions: list[int] | None
-    apply: list[str]
-    reduce: Any
-    dtype: str | None
-    where: str
-
-
-@dataclass
-class SetAction:
-    target: Target
-    value: Any  # a spec value, or a Target for `from`
-    mode: str
-    positions: list[int] | None
-    where: str
-
-
-@dataclass
-class SkipAction:
-    module: str
-    with_: Any  # Target, a spec value, or None (identity)
-    where: str
-
-
-@dataclass
-class HookPlan:
-    actions: dict[tuple[str, str], list[SaveAction | SetAction]] = field(default_factory=dict)
-    skips: dict[str, SkipAction] = field(default_factory=dict)
-    sources: set[tuple[str, str]] = field(default_factory=set)  # (attr, module) values kept
-    saves: list[SaveAction] = field(default_factory=list)
-    stop_event: tuple[str, str] | None = None
-    tuple_outputs: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def columns(self) -> list[str]:
-        out = []
-        for s in self.saves:
-            out += (
-                [f"{s.column}_ids", f"{s.column}_values"]
-                if isinstance(s.reduce, TopK)
-                else [s.column]
-            )
-        return out
 
 
 def sample_inputs(loaded: LoadedModel, sample: Any, length: int) -> dict[str, torch.Tensor]:
@@ -237,7 +174,7 @@ class _Resolver:
             self.fail(where, str(e).strip("\"'"))
             return []
 
-    def add(self, action: SaveAction | SetAction) -> None:
+    def add(self, action: SaveAction | SetAction | GradAction) -> None:
         self.plan.actions.setdefault(action.target.key, []).append(action)
 
     def source(self, site: str, target_event: tuple[str, str], where: str) -> Target | None:
@@ -261,13 +198,17 @@ class _Resolver:
         return src
 
     def resolve(self) -> HookPlan:
+        self.loss()
         for i, op in enumerate(self.spec.edits):
             self.op(op, f"edits.{i}")
         for i, op in enumerate(self.spec.ops):
             self.op(op, f"ops.{i}")
         self.check_skips()
         self.check_columns()
-        saves = [self.tree.event_index(*s.target.event) for s in self.plan.saves]
+        needed = [s.target for s in self.plan.saves]
+        if self.plan.loss:
+            needed.append(self.plan.loss.target)
+        saves = [self.tree.event_index(*t.event) for t in needed]
         if saves and None not in saves:
             self.plan.stop_event = self.tree.events[max(saves)]
         if self.problems:
@@ -294,6 +235,81 @@ class _Resolver:
                 self.add(SetAction(tgt, value, op.mode, op.positions, where))
         elif isinstance(op, SkipOp):
             self.skip(op, where)
+        elif isinstance(op, GradOp):
+            self.grad(op, where)
+
+    # -------------------------------------------------------------- gradients
+    def loss(self) -> None:
+        if self.spec.backward is None:
+            return
+        loss = self.spec.backward.loss
+        kind = next(k for k in type(loss).model_fields)
+        where = f"backward.loss.{kind}"
+        params = getattr(loss, kind)
+        if isinstance(loss, (SumLoss, MeanLoss)):
+            found = self.targets(params, where)
+            if len(found) != 1:
+                if found:
+                    self.fail(where, f"'{params}' names {len(found)} sites; a loss reads one")
+                return
+            self.plan.loss = LossAction(kind, found[0], loss.positions, -1, {}, "", where)
+            return
+        if self.loaded.kind != "causal":
+            self.fail(where, f"a {kind} loss reads a language model's logits; this model has none")
+            return
+        found = self.targets("logits", where)
+        if not found:
+            return
+        refs = {"target": getattr(params, "target", None)}
+        if kind == "logit_diff":
+            refs = {"a": params.a, "b": params.b}
+        tokens = {}
+        for name, ref in refs.items():
+            if ref is not None:
+                tokens[name] = self.token(ref, f"{where}.{name}")
+        position = getattr(params, "position", -1)
+        reduction = getattr(params, "reduction", "")
+        self.plan.loss = LossAction(kind, found[0], None, position, tokens, reduction, where)
+
+    def token(self, ref: Any, where: str) -> Any:
+        if isinstance(ref, FieldRef):
+            return ("field", ref.field)
+        if isinstance(ref, int):
+            vocab = len(self.loaded.tokenizer)
+            if not 0 <= ref < vocab:
+                self.fail(where, f"token id {ref} is outside the vocabulary (0..{vocab - 1})")
+            return ref
+        ids = self.loaded.tokenizer(ref, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            self.fail(where, f"{ref!r} is {len(ids)} tokens ({ids}); a target must be one token")
+            return 0
+        return ids[0]
+
+    def grad(self, op: GradOp, where: str) -> None:
+        loss = self.plan.loss
+        pattern = parse_value_site(op.grad).is_pattern
+        kind = "set" if op.is_set else "attribution" if op.attribution else "save"
+        for tgt in self.targets(op.grad, f"{where}.grad"):
+            if loss is not None:
+                gi = self.tree.event_index(*tgt.event)
+                li = self.tree.event_index(*loss.target.event)
+                if gi is not None and li is not None and gi > li:
+                    self.fail(
+                        f"{where}.grad",
+                        f"'{tgt.label}' is computed after the loss's site '{loss.target.label}' "
+                        f"({loss.where}), so the loss cannot depend on it",
+                    )
+                    continue
+            save = None
+            if kind != "set":
+                suffix = "grad" if kind == "save" else "attribution"
+                if op.as_ and pattern:
+                    name = f"{op.as_}.{_wild_values(op.grad, tgt.label)}"
+                else:
+                    name = op.as_ or f"{tgt.label}.{suffix}"
+                save = SaveAction(tgt, name, op.positions, [], None, op.dtype, where)
+                self.plan.saves.append(save)
+            self.add(GradAction(tgt, kind, save, op.value, op.mode, op.positions, where))
 
     def save(self, op: SaveOp, where: str) -> None:
         found = self.targets(op.save, f"{where}.save")
@@ -333,6 +349,8 @@ class _Resolver:
 
     def check_skips(self) -> None:
         uses = [(a.target, a.where) for acts in self.plan.actions.values() for a in acts]
+        if self.plan.loss:
+            uses.append((self.plan.loss.target, self.plan.loss.where))
         for raw, sk in self.plan.skips.items():
             for tgt, where in uses + self.source_uses:
                 if tgt.module.startswith(raw + "."):

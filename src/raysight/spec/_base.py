@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .sites import SiteError, parse_module_site, parse_value_site
 
-__all__ = ["Dtype", "ValueSite", "_Strict", "_module_site", "_value_site"]
+__all__ = ["Dtype", "Positions", "ValueSite", "_Strict", "_module_site", "_value_site"]
 
 
 class _Strict(BaseModel):
@@ -33,3 +33,19 @@ def _module_site(v: str) -> str:
 
 ValueSite = Annotated[str, Field(description="a value site, e.g. layers.5.output[:, -1]")]
 Dtype = Literal["float32", "float16", "bfloat16"]
+
+
+def _nonempty(v: list[int] | None) -> list[int] | None:
+    if v is not None and not v:
+        raise ValueError("positions is empty; omit it to mean every token")
+    return v
+
+
+Positions = Annotated[
+    list[int] | None,
+    AfterValidator(_nonempty),
+    Field(
+        description="Token positions among the row's real tokens (negative counts from the end), "
+        "whatever the padding side. Default: every token."
+    ),
+]

@@ -7,6 +7,9 @@
 ...     t.layers[7].skip(t.layers[6].output)
 ...     t.layers[3].mlp.output[:, -1, :] = 0
 ...     t.layers[2].output += file("steer.npy", scale=4.0)
+...     with t.backward({"logprob": {"target": " Paris"}}):
+...         t.layers[4].output.grad.save("g4")
+...         t.layers[1].output.grad *= 0.5
 >>> spec = b.spec()            # a validated Spec; spec round-trips through YAML
 
 Module paths are the same strings a YAML spec uses: ``t.layers[5].mlp`` is ``layers.5.mlp``,
@@ -22,7 +25,7 @@ from .load import dump_spec, parse_spec
 from .models import Spec
 from .sites import ATTRS, Slice, format_index
 
-__all__ = ["ModuleRef", "SpecBuilder", "ValueRef", "file", "noise", "topk", "zeros"]
+__all__ = ["GradRef", "ModuleRef", "SpecBuilder", "ValueRef", "file", "noise", "topk", "zeros"]
 
 
 def zeros() -> dict[str, Any]:
@@ -85,6 +88,7 @@ class _Recorder:
     def __init__(self, allowed: tuple[str, ...]):
         self.ops: list[dict[str, Any]] = []
         self.allowed = allowed
+        self.backward: dict[str, Any] | None = None
 
     def add(self, op: dict[str, Any]) -> None:
         kind = next(iter(op))
@@ -148,8 +152,64 @@ class ValueRef:
         """Write a value here; ``mode`` is replace, add or scale."""
         self._rec.set(self.site, value if mode == "replace" else _Pending(mode, value), positions)
 
+    @property
+    def grad(self) -> GradRef:
+        """This value's gradient of the backward loss (nnsight's ``x.grad``)."""
+        return GradRef(self._rec, self.site)
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        self.grad.set(value)
+
     def __repr__(self) -> str:
         return f"ValueRef({self.site!r})"
+
+
+class GradRef:
+    """The gradient of a value site: save it, set it (``g[:] = 0``, ``x.grad *= 0.5``) or save
+    an attribution (activation × gradient)."""
+
+    def __init__(self, rec: _Recorder, site: str):
+        self._rec, self.site = rec, site
+
+    def _add(self, op: dict[str, Any], **extra: Any) -> None:
+        op.update(
+            {k: list(v) if k == "positions" else v for k, v in extra.items() if v is not None}
+        )
+        self._rec.add(op)
+
+    def save(
+        self,
+        name: str | None = None,
+        *,
+        positions: list[int] | None = None,
+        dtype: str | None = None,
+    ) -> GradRef:
+        """Save the gradient."""
+        self._add({"grad": self.site}, **{"as": name, "positions": positions, "dtype": dtype})
+        return self
+
+    def attribution(self, name: str | None = None, *, positions: list[int] | None = None) -> None:
+        """Save activation × gradient summed over the last dimension, per position."""
+        self._add({"grad": self.site, "attribution": True}, **{"as": name, "positions": positions})
+
+    def set(self, value: Any, *, mode: str = "replace", positions: list[int] | None = None) -> None:
+        """Replace, add to or scale the gradient before it flows further back."""
+        if isinstance(value, _Pending):
+            mode, value = value.mode, value.value
+        self._add({"grad": self.site, "value": _value(value), "mode": mode}, positions=positions)
+
+    def __getitem__(self, idx: Any) -> GradRef:
+        return GradRef(self._rec, self.site + _index_text(idx))
+
+    def __setitem__(self, idx: Any, value: Any) -> None:
+        self[idx].set(value)
+
+    def __iadd__(self, value: Any) -> _Pending:
+        return _Pending("add", value)
+
+    def __imul__(self, value: Any) -> _Pending:
+        return _Pending("scale", value)
 
 
 class ModuleRef:
@@ -205,6 +265,15 @@ class ModuleRef:
 
 
 class _Trace(ModuleRef):
+    @contextmanager
+    def backward(self, loss: dict[str, Any]):
+        """Declare the loss (``{"logprob": {"target": " Paris"}}``, ``{"sum": site}``…); grad
+        ops go inside, as nnsight's ``with loss.backward():``."""
+        if self._rec.backward is not None:
+            raise TypeError("a spec has one backward section")
+        self._rec.backward = {"loss": loss}
+        yield self
+
     def cache(
         self, modules: str, *, name: str | None = None, positions: list[int] | None = None
     ) -> None:
@@ -231,7 +300,7 @@ class SpecBuilder:
         self.data = {"prompts": list(data)} if isinstance(data, list) else dict(data)
         self.output = {"path": output} if isinstance(output, str) else dict(output)
         self.execution = dict(execution or {})
-        self._ops = _Recorder(("save", "set", "skip", "cache"))
+        self._ops = _Recorder(("save", "set", "skip", "cache", "grad"))
         self._edits = _Recorder(("set", "skip"))
 
     @contextmanager
@@ -249,6 +318,8 @@ class SpecBuilder:
         if self._edits.ops:
             d["edits"] = list(self._edits.ops)
         d["ops"] = list(self._ops.ops)
+        if self._ops.backward is not None:
+            d["backward"] = self._ops.backward
         d["output"] = self.output
         if self.execution:
             d["execution"] = self.execution

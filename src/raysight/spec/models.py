@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     Discriminator,
     Field,
     Tag,
@@ -19,15 +18,18 @@ from pydantic import (
     model_validator,
 )
 
-from ._base import Dtype, ValueSite, _module_site, _Strict, _value_site
+from ._base import Dtype, Positions, ValueSite, _module_site, _Strict, _value_site
+from .backward import BackwardSpec, GradOp, MeanLoss, SumLoss
 from .values import FileValue, FromValue, NoiseValue, Value, ZerosValue
 
 __all__ = [
+    "BackwardSpec",
     "CacheOp",
     "DataSpec",
     "ExecutionSpec",
     "FileValue",
     "FromValue",
+    "GradOp",
     "ModelSpec",
     "NoiseValue",
     "Op",
@@ -87,7 +89,7 @@ class DataSpec(_Strict):
     source: str | None = None
     """Input file: .jsonl, .parquet, or .txt (one prompt per line)."""
     prompts: list[Any] | None = None
-    """Inline prompts (instead of `source`)."""
+    """Inline prompts (instead of `source`): strings, or records like a jsonl line's."""
     text_field: str = "text"
     """Column holding the prompt text (jsonl / parquet)."""
     id_field: str | None = None
@@ -122,22 +124,6 @@ Reduce = Annotated[
         lambda v: "name" if isinstance(v, str) else "topk",
         custom_error_type="reduce",
         custom_error_message="reduce is argmax, norm, mean or {topk: k}",
-    ),
-]
-
-
-def _nonempty(v: list[int] | None) -> list[int] | None:
-    if v is not None and not v:
-        raise ValueError("positions is empty; omit it to mean every token")
-    return v
-
-
-Positions = Annotated[
-    list[int] | None,
-    AfterValidator(_nonempty),
-    Field(
-        description="Token positions among the row's real tokens (negative counts from the end), "
-        "whatever the padding side. Default: every token."
     ),
 ]
 
@@ -204,18 +190,19 @@ class CacheOp(_Strict):
 
 
 def _op_tag(v: Any) -> str | None:
-    for key in ("save", "set", "skip", "cache"):
+    for key in ("save", "set", "skip", "cache", "grad"):
         if (key in v) if isinstance(v, dict) else isinstance(getattr(v, key, None), str):
             return key
     return None
 
 
-_OP_ERROR = "an op has exactly one of the keys save, set, skip, cache"
+_OP_ERROR = "an op has exactly one of the keys save, set, skip, cache, grad"
 Op = Annotated[
     Annotated[SaveOp, Tag("save")]
     | Annotated[SetOp, Tag("set")]
     | Annotated[SkipOp, Tag("skip")]
-    | Annotated[CacheOp, Tag("cache")],
+    | Annotated[CacheOp, Tag("cache")]
+    | Annotated[GradOp, Tag("grad")],
     Discriminator(_op_tag, custom_error_type="op", custom_error_message=_OP_ERROR),
 ]
 Edit = Annotated[
@@ -279,8 +266,10 @@ class Spec(_Strict):
     edits: list[Edit] = []
     """Interventions applied to every row before any op (nnsight's model.edit())."""
     ops: list[Op] = []
-    """Saves, sets, skips and caches; applied in the model's execution order, list order breaking
-    ties on the same site."""
+    """Saves, sets, skips, caches and grads; applied in the model's execution order, list order
+    breaking ties on the same site."""
+    backward: BackwardSpec | None = None
+    """A loss to differentiate; `grad` ops save or set gradients of it."""
     output: OutputSpec
     """Where and how results are written."""
     execution: ExecutionSpec = ExecutionSpec()
@@ -298,21 +287,34 @@ class Spec(_Strict):
                         f"ops.{i}.as: name {name!r} is already used by ops.{names[name]}"
                     )
                 names.setdefault(name, i)
-            if self.output.layout == "per_token" and isinstance(op, (SaveOp, CacheOp)):
+            saves = isinstance(op, (SaveOp, CacheOp)) or (isinstance(op, GradOp) and not op.is_set)
+            if self.output.layout == "per_token" and saves:
                 if op.positions is not None:
                     problems.append(
                         f"ops.{i}.positions: output.layout per_token writes one row per token; "
                         "drop positions or use layout per_sequence"
                     )
-                if isinstance(op, SaveOp) and "[" in op.save:
+                key = "grad" if isinstance(op, GradOp) else "save"
+                if not isinstance(op, CacheOp) and "[" in getattr(op, key):
                     problems.append(
-                        f"ops.{i}.save: an index selector cannot be used with output.layout "
+                        f"ops.{i}.{key}: an index selector cannot be used with output.layout "
                         "per_token (each row is one token); use layout per_sequence"
                     )
+        grads = [i for i, op in enumerate(self.ops) if isinstance(op, GradOp)]
+        if grads and self.backward is None:
+            problems.append(f"ops.{grads[0]}.grad: a grad op needs a backward section (the loss)")
+        if self.backward is not None and not grads:
+            problems.append("backward: no grad op uses the loss; add a `grad:` op")
         if self.data.input_field and any(
             getattr(op, "positions", None) for op in [*self.ops, *self.edits]
         ):
             problems.append("positions index tokens; data.input_field rows have none")
+        loss = self.backward.loss if self.backward else None
+        if self.data.input_field and loss is not None and not isinstance(loss, (SumLoss, MeanLoss)):
+            problems.append(
+                "backward.loss: token losses read a language model's logits; a model fed "
+                "data.input_field tensors can use sum or mean of a site"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -1,0 +1,133 @@
+"""Row views of batched values: what one prompt sees of a hooked value when run alone.
+
+A hooked tensor holds the whole batch. Row i's view keeps a batch dimension of 1 and cuts the
+padding off the sequence dimension, so selectors and positions mean the same thing whatever the
+row's neighbours and padding side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data.batching import Batch
+from .actions import Target
+from .selectors import SelectError, abs_positions, container_get, split_index, to_torch_index
+
+__all__ = [
+    "Ctx",
+    "OpError",
+    "batched",
+    "extract",
+    "has_seq",
+    "map_rows",
+    "own",
+    "reduce_last",
+    "row_view",
+    "rows",
+]
+
+
+class OpError(RuntimeError):
+    """An op failed on real values (e.g. a shape that does not fit); names the op."""
+
+
+@dataclass
+class Ctx:
+    batch: Batch
+    token_model: bool
+    store: dict[tuple[str, str], Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    loss_value: Any = None  # the loss site's value, with its autograd graph
+    fired: set[int] = field(default_factory=set)  # ids of the grad actions whose hook ran
+
+    @property
+    def size(self) -> int:
+        return self.batch.size
+
+    @property
+    def width(self) -> int:
+        return int(next(iter(self.batch.inputs.values())).shape[1]) if self.token_model else 0
+
+
+def batched(x: torch.Tensor, ctx: Ctx, where: str) -> torch.Tensor:
+    if x.dim() >= 1 and x.shape[0] == ctx.size:
+        return x
+    if x.dim() >= 1 and x.shape[0] == 1:  # broadcast over the batch, e.g. GPT-2's wpe output
+        return x.expand(ctx.size, *x.shape[1:])
+    raise SelectError(f"{where}: leading dimension {tuple(x.shape)[:1]} is not the batch size")
+
+
+def has_seq(x: torch.Tensor, ctx: Ctx) -> bool:
+    return ctx.token_model and x.dim() >= 2 and x.shape[1] == ctx.width
+
+
+def row_view(x: torch.Tensor, i: int, seq: bool, groups: tuple, ctx: Ctx, label: str):
+    """Row i as nnsight shows a prompt run alone: batch dim kept, padding cut, selectors applied.
+
+    Only basic indexing is used, so the result is a view: writing into it writes into ``x``.
+    """
+    b = ctx.batch
+    r = x[i : i + 1]
+    if seq:
+        r = r[:, b.starts[i] : b.starts[i] + b.lengths[i]]
+    for g in groups:
+        r = r[to_torch_index(g, r.dim(), label)]
+    return r
+
+
+def rows(
+    x: torch.Tensor, tgt: Target, groups: tuple, positions: list[int] | None, ctx: Ctx
+) -> torch.Tensor | list[torch.Tensor]:
+    """Per-row values of a batched tensor: [rows, ...] when fixed-shape, else a list."""
+    b = ctx.batch
+    seq = has_seq(x, ctx)
+    if positions is not None:
+        if not seq:
+            raise SelectError(
+                f"{tgt.label}: positions need a sequence dimension; shape is {list(x.shape)}"
+            )
+        idx = abs_positions(positions, b.starts, b.lengths, x.device)
+        x = x[torch.arange(ctx.size, device=x.device)[:, None], idx]
+        seq = False
+    if not groups:
+        if not seq:
+            return x
+        return [x[i, b.starts[i] : b.starts[i] + b.lengths[i]] for i in range(ctx.size)]
+    return [row_view(x, i, seq, groups, ctx, tgt.label)[0] for i in range(ctx.size)]
+
+
+def extract(value: Any, tgt: Target, positions: list[int] | None, ctx: Ctx):
+    path, groups = split_index(tgt.index, value, tgt.primary)
+    x = batched(container_get(value, path), ctx, tgt.label)
+    return rows(x, tgt, groups, positions, ctx)
+
+
+def own(value: Any) -> Any:
+    """A private copy of every tensor in ``value``: later modules may write into theirs."""
+    if torch.is_tensor(value):
+        return value.clone()
+    if isinstance(value, tuple):
+        return tuple(own(v) for v in value)
+    if isinstance(value, list):
+        return [own(v) for v in value]
+    return value
+
+
+def map_rows(data: torch.Tensor | list[torch.Tensor], fn) -> Any:
+    return fn(data) if torch.is_tensor(data) else [fn(r) for r in data]
+
+
+def reduce_last(x: torch.Tensor, reduce: Any) -> Any:
+    if reduce is None:
+        return x
+    if reduce == "argmax":
+        return x.argmax(-1)
+    if reduce == "norm":
+        return torch.linalg.vector_norm(x, dim=-1)
+    if reduce == "mean":
+        return x.mean(-1)
+    k = min(reduce.topk, x.shape[-1])
+    return torch.topk(x, k, dim=-1)  # (values, indices)
