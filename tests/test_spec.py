@@ -173,6 +173,25 @@ def test_builder_records_nnsight_style_and_round_trips():
         e.layers[1].output.save()
 
 
+def test_builder_records_gradients_as_nnsight_writes_them():
+    b = SpecBuilder(model="m", data=["hi there"], output="out/x")
+    with b.trace() as t:
+        h = t.layers[3].output
+        with t.backward({"logprob": {"target": " Paris"}}):
+            t.layers[4].output.grad.save("g4", positions=[-1])
+            t.layers[1].output.grad *= 0.5
+            h.grad[:, -1] = 0
+            t.layers[2].mlp.output.grad.attribution("a2")
+    spec = b.spec()
+    g4, g1, g3, a2 = spec.ops
+    assert spec.backward.loss.logprob.target == " Paris"
+    assert g4.grad == "layers.4.output" and g4.as_ == "g4" and not g4.is_set
+    assert g1.is_set and g1.mode == "scale" and g1.value == 0.5
+    assert g3.grad == "layers.3.output[:, -1]" and g3.value == 0.0 and g3.mode == "replace"
+    assert a2.attribution and a2.as_ == "a2"
+    assert parse_spec(yaml.safe_load(b.to_yaml())) == spec
+
+
 def test_json_schema_documents_every_field():
     schema = Spec.model_json_schema(by_alias=True)
     missing = []
