@@ -24,6 +24,7 @@ from ..interleave.resolve import (
 from ..interleave.selectors import SelectError
 from ..models.loading import LoadedModel, load_model, meta_safe
 from ..spec.backward import CrossEntropyLoss, loss_fields
+from ..spec.generate import step_range
 from ..spec.models import Spec
 from ..writers.encode import ColumnInfo, arrow_field
 
@@ -71,9 +72,8 @@ def _infer_columns(
     for length in lengths:
         try:
             with meta_safe(loaded):
-                runs.append(
-                    Interleaver(loaded, hooks).run(_meta_batch(spec, loaded, sample, length))
-                )
+                batch = _meta_batch(spec, loaded, sample, length)
+                runs.append(Interleaver(loaded, hooks).run(batch, probe=True))
         except (OpError, SelectError) as e:
             raise PlanError(getattr(e, "problems", None) or [str(e)]) from None
         except Exception as e:
@@ -92,6 +92,11 @@ def _infer_columns(
                 "fixed part of it (positions or an index)"
             )
             continue
+        if spec.generate is not None:
+            shape, problem = _over_steps(shape, act, spec.generate.max_new_tokens)
+            if problem:
+                problems.append(problem)
+                continue
         storage = spec.output.tensor_storage if shape else "typed"
         col = ColumnInfo(name, str(dtype).removeprefix("torch."), shape, act.target.label, storage)
         if spec.output.layout == "per_token":
@@ -106,6 +111,23 @@ def _infer_columns(
     if problems:
         raise PlanError(problems)
     return cols
+
+
+def _over_steps(shape: tuple, act: Any, n_steps: int) -> tuple[tuple, str | None]:
+    """A column's per-row shape when generating: a step-0-only op keeps its shape; an op over
+    later steps stacks one value per step ([steps, ...]), where a token dimension is 1."""
+    steps = step_range(act.steps, n_steps)
+    if list(steps) == [0]:
+        return shape, None
+    if shape and shape[0] is None:
+        if 0 in steps:
+            return shape, (
+                f"{act.where}: '{act.target.label}' is stacked over steps {act.steps!r}, but "
+                "step 0 has every prompt token and later steps one; select positions (e.g. "
+                "[-1]) or save step 0 in an op of its own"
+            )
+        shape = (1, *shape[1:])
+    return (None, *shape), None
 
 
 def min_tokens(spec: Spec) -> int:
@@ -136,6 +158,12 @@ def identity_fields(spec: Spec, kind: str, id_type: pa.DataType) -> list[pa.Fiel
         ]
     if spec.output.include_text and kind != "tensor":
         fields.append(pa.field("text", pa.large_string(), nullable=False))
+    if spec.generate is not None:
+        fields += [
+            pa.field("n_generated", pa.int32(), nullable=False),
+            pa.field("generated_ids", pa.large_list(pa.int32()), nullable=False),
+            pa.field("generated_text", pa.large_string(), nullable=False),
+        ]
     return fields
 
 

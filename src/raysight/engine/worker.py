@@ -116,12 +116,20 @@ class ShardRunner:
                 cols["input_ids"] = batch.token_ids
                 if spec.output.include_text:
                     cols["text"] = batch.texts
+            if spec.generate is not None:
+                new = [t.tolist() for t in values["generated_ids"]]
+                cols["n_generated"] = [len(t) for t in new]
+                cols["generated_ids"] = new
+                cols["generated_text"] = self.loaded.tokenizer.batch_decode(new)
         arrays = []
         for f in self.plan.schema:
             if f.name in cols:
                 arrays.append(pa.array(cols[f.name], type=f.type))
         for col in self.plan.columns:
             data = values[col.name]
+            if col.variable and not torch.is_tensor(data):  # a row with no steps (stopped early)
+                empty = torch.empty((0, *col.shape[1:]), dtype=col.torch_dtype)
+                data = [r if r.numel() else empty for r in data]
             if spec.output.layout == "per_token":
                 data = torch.cat(list(data)) if not torch.is_tensor(data) else data.flatten(0, 1)
             arrays.append(encode_column(col, data))

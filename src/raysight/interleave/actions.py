@@ -47,6 +47,7 @@ class SaveAction:
     reduce: Any
     dtype: str | None
     where: str
+    steps: int | str | None = None  # generation steps (None: step 0)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class SetAction:
     mode: str
     positions: list[int] | None
     where: str
+    steps: int | str | None = None  # generation steps (None: step 0)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class SkipAction:
     module: str
     with_: Any  # Target, a spec value, or None (identity)
     where: str
+    steps: int | str | None = None  # generation steps (None: step 0)
 
 
 @dataclass
@@ -98,6 +101,8 @@ class HookPlan:
     stop_event: tuple[str, str] | None = None
     tuple_outputs: dict[str, int] = field(default_factory=dict)
     loss: LossAction | None = None
+    generate: Any = None  # the spec's GenerateSpec when generating
+    stop_ids: list[int] = field(default_factory=list)  # tokens that end a generated row
 
     @property
     def hooked(self) -> set[tuple[str, str]]:

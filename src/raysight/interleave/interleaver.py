@@ -16,8 +16,10 @@ import torch
 
 from ..data.batching import Batch
 from ..models.loading import LoadedModel
+from ..spec.generate import step_range
 from ..spec.models import FileValue, TopK, ZerosValue
 from .actions import GradAction, HookPlan, SaveAction, SetAction, SkipAction, Target
+from .generation import assemble, generate, step_batch
 from .gradients import backward
 from .host import to_host
 from .rows import Ctx, OpError, batched, extract, has_seq, map_rows, own, reduce_last, row_view
@@ -47,6 +49,15 @@ class Interleaver:
         self.plan = plan
         self.modules = dict(loaded.module.named_modules())
         self.host_seconds = 0.0  # time spent copying saves off the device, all batches
+        self._steps: dict[int, set[int]] = {}  # id(action) -> generation steps it applies to
+        if plan.generate is not None:
+            every = [a for acts in plan.actions.values() for a in acts] + [*plan.skips.values()]
+            n = plan.generate.max_new_tokens
+            self._steps = {id(a): set(step_range(a.steps, n)) for a in every}
+
+    def _on(self, act: Any, ctx: Ctx) -> bool:
+        """Whether an action applies in the forward pass running now."""
+        return not ctx.generating or ctx.step in self._steps[id(act)]
 
     # ------------------------------------------------------------------ saves
     @torch.no_grad()
@@ -140,6 +151,8 @@ class Interleaver:
     # ------------------------------------------------------------------ hooks
     def _apply(self, key: tuple[str, str], value: Any, ctx: Ctx) -> Any:
         for act in self.plan.actions.get(key, ()):
+            if not self._on(act, ctx):
+                continue
             try:
                 if isinstance(act, SaveAction):
                     self._save(value, act, ctx)
@@ -214,10 +227,12 @@ class Interleaver:
 
         return hook
 
-    def _skip_forward(self, sk: SkipAction, ctx: Ctx):
+    def _skip_forward(self, sk: SkipAction, ctx: Ctx, original: Any):
         n_out = self.plan.tuple_outputs.get(sk.module)
 
         def forward(*args, **kwargs):
+            if not self._on(sk, ctx):  # a generation step the skip does not apply to
+                return original(*args, **kwargs)
             first = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
             if sk.with_ is None:
                 out = first
@@ -246,9 +261,12 @@ class Interleaver:
         return forward
 
     # ------------------------------------------------------------------ run
-    def run(self, batch: Batch) -> dict[str, Any]:
-        """Saved values per column for this batch (moved to the CPU)."""
+    def run(self, batch: Batch, probe: bool = False) -> dict[str, Any]:
+        """Saved values per column for this batch (moved to the CPU). ``probe`` (planning) runs
+        one forward with every op, whatever its generation steps."""
         ctx = Ctx(batch, self.loaded.kind != "tensor")
+        ctx.generating = self.plan.generate is not None and not probe
+        per_step: dict[int, dict[str, Any]] = {}
         handles, patched = [], []
         try:
             keys = self.plan.hooked
@@ -261,7 +279,15 @@ class Interleaver:
             for name, sk in self.plan.skips.items():
                 mod = self.modules[name]
                 patched.append((mod, mod.__dict__.get("forward")))
-                mod.forward = self._skip_forward(sk, ctx)
+                mod.forward = self._skip_forward(sk, ctx, mod.forward)
+            if ctx.generating:
+                root = self.loaded.module
+                handles.append(root.register_forward_pre_hook(self._step_hook(ctx, per_step)))
+                with torch.inference_mode():
+                    new = generate(self.loaded, self.plan, batch, self._hooks_logits(keys))
+                per_step[ctx.step] = ctx.results
+                ctx.results = assemble(self.plan, ctx, per_step, new)
+                return self._to_host(ctx)
             inputs = {k: v.to(self.loaded.device) for k, v in batch.inputs.items()}
             grads = self.plan.loss is not None
             with torch.enable_grad() if grads else torch.inference_mode():
@@ -282,7 +308,33 @@ class Interleaver:
                     del mod.forward
                 else:
                     mod.forward = old
+        return self._to_host(ctx)
+
+    def _to_host(self, ctx: Ctx) -> dict[str, Any]:
         t0 = time.perf_counter()
         out = to_host(ctx.results)
         self.host_seconds += time.perf_counter() - t0
         return out
+
+    def _step_hook(self, ctx: Ctx, per_step: dict[int, dict[str, Any]]):
+        """Count generate's forward passes: each new one files the previous step's saves."""
+        first = [True]
+
+        def hook(mod, args):
+            if first[0]:
+                first[0] = False
+                return
+            per_step[ctx.step] = ctx.results
+            ctx.results = {}
+            if ctx.step == 0:
+                ctx.batch = step_batch(ctx.batch)
+            ctx.step += 1
+
+        return hook
+
+    def _hooks_logits(self, keys: set[tuple[str, str]]) -> bool:
+        """Whether an op reads or replaces the LM head (then generate keeps every position's
+        logits at step 0, not only the last)."""
+        head = getattr(self.loaded.module, "get_output_embeddings", lambda: None)()
+        names = {m for _, m in keys} | set(self.plan.skips)
+        return head is not None and any(self.modules.get(n) is head for n in names)

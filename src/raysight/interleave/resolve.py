@@ -138,7 +138,17 @@ class _Resolver:
         self.source_uses: list[tuple[Target, str]] = []
 
     #: identity columns every dataset has (plan.identity_fields); saves may not take their names
-    RESERVED = ("example_id", "n_tokens", "input_ids", "text", "position", "token_id")
+    RESERVED = (
+        "example_id",
+        "n_tokens",
+        "input_ids",
+        "text",
+        "position",
+        "token_id",
+        "n_generated",
+        "generated_ids",
+        "generated_text",
+    )
 
     def fail(self, where: str, msg: str) -> None:
         self.problems.append(f"{where}: {msg}")
@@ -208,8 +218,9 @@ class _Resolver:
         needed = [s.target for s in self.plan.saves]
         if self.plan.loss:
             needed.append(self.plan.loss.target)
+        self.generation()
         saves = [self.tree.event_index(*t.event) for t in needed]
-        if saves and None not in saves:
+        if saves and None not in saves and self.spec.generate is None:
             self.plan.stop_event = self.tree.events[max(saves)]
         if self.problems:
             raise PlanError(self.problems)
@@ -222,7 +233,9 @@ class _Resolver:
             for raw, shown in self.modules(op.cache, where):
                 name = f"{op.as_}.{shown}" if op.as_ else shown
                 tgt = Target(raw, "output", self.loaded.names.translate(op.cache)[1], (), shown)
-                self.saves_add(SaveAction(tgt, name, op.positions, [], None, op.dtype, where))
+                self.saves_add(
+                    SaveAction(tgt, name, op.positions, [], None, op.dtype, where, op.steps)
+                )
         elif isinstance(op, SetOp):
             if op.positions is not None and "[" in op.set:
                 self.fail(where, "use positions or an index selector on a set, not both")
@@ -232,11 +245,29 @@ class _Resolver:
                     value = self.source(value.from_.site, tgt.event, f"{where}.value.from")
                     if value is None:
                         continue
-                self.add(SetAction(tgt, value, op.mode, op.positions, where))
+                self.add(SetAction(tgt, value, op.mode, op.positions, where, op.steps))
         elif isinstance(op, SkipOp):
             self.skip(op, where)
         elif isinstance(op, GradOp):
             self.grad(op, where)
+
+    def generation(self) -> None:
+        gen = self.spec.generate
+        if gen is None:
+            return
+        if self.loaded.kind != "causal":
+            self.fail("generate", "generation needs a causal language model")
+            return
+        self.plan.generate = gen
+        if gen.stop is None:
+            eos = self.loaded.tokenizer.eos_token_id
+            if eos is None:
+                self.fail("generate.stop", "the tokenizer has no EOS token; list stop tokens")
+            self.plan.stop_ids = [] if eos is None else [eos]
+        else:
+            self.plan.stop_ids = [
+                self.token(t, f"generate.stop.{i}") for i, t in enumerate(gen.stop)
+            ]
 
     # -------------------------------------------------------------- gradients
     def loss(self) -> None:
@@ -325,7 +356,9 @@ class _Resolver:
                 name = f"{op.as_}.{_wild_values(op.save, tgt.label)}"
             else:
                 name = op.as_ or tgt.label
-            self.saves_add(SaveAction(tgt, name, op.positions, apply, op.reduce, op.dtype, where))
+            self.saves_add(
+                SaveAction(tgt, name, op.positions, apply, op.reduce, op.dtype, where, op.steps)
+            )
 
     def saves_add(self, action: SaveAction) -> None:
         self.plan.saves.append(action)
@@ -345,7 +378,7 @@ class _Resolver:
                 with_ = self.source(with_.from_.site, ("pre", raw), f"{where}.with.from")
                 if with_ is None:
                     continue
-            self.plan.skips[raw] = SkipAction(raw, with_, where)
+            self.plan.skips[raw] = SkipAction(raw, with_, where, op.steps)
 
     def check_skips(self) -> None:
         uses = [(a.target, a.where) for acts in self.plan.actions.values() for a in acts]

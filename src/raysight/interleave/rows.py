@@ -42,6 +42,8 @@ class Ctx:
     results: dict[str, Any] = field(default_factory=dict)
     loss_value: Any = None  # the loss site's value, with its autograd graph
     fired: set[int] = field(default_factory=set)  # ids of the grad actions whose hook ran
+    step: int = 0  # generation step of the forward pass running now
+    generating: bool = False
 
     @property
     def size(self) -> int:

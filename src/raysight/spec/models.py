@@ -20,6 +20,7 @@ from pydantic import (
 
 from ._base import Dtype, Positions, ValueSite, _module_site, _Strict, _value_site
 from .backward import BackwardSpec, GradOp, MeanLoss, SumLoss
+from .generate import GenerateSpec, Steps, parse_steps
 from .values import FileValue, FromValue, NoiseValue, Value, ZerosValue
 
 __all__ = [
@@ -141,6 +142,7 @@ class SaveOp(_Strict):
     """Reduce the last dimension: argmax, topk {topk: k}, norm (L2) or mean."""
     dtype: Dtype | None = None
     """Cast before saving; default: the value's own dtype."""
+    steps: Steps = None
 
     _site = field_validator("save")(_value_site)
 
@@ -158,6 +160,7 @@ class SetOp(_Strict):
     """What to write."""
     mode: Literal["replace", "add", "scale"] = "replace"
     """replace: x = v; add: x = x + v; scale: x = x * v."""
+    steps: Steps = None
 
     _site = field_validator("set")(_value_site)
 
@@ -168,6 +171,7 @@ class SkipOp(_Strict):
     with_: str | Value | None = Field(None, alias="with")
     """Its output instead: a value site that ran before it, or a value. Default: the module's
     first input passes through unchanged (an identity layer)."""
+    steps: Steps = None
 
     _site = field_validator("skip")(_module_site)
 
@@ -185,6 +189,7 @@ class CacheOp(_Strict):
     """Column prefix (default: each module's path)."""
     dtype: Dtype | None = None
     """Cast before saving; default: the value's own dtype."""
+    steps: Steps = None
 
     _site = field_validator("cache")(_module_site)
 
@@ -270,6 +275,8 @@ class Spec(_Strict):
     breaking ties on the same site."""
     backward: BackwardSpec | None = None
     """A loss to differentiate; `grad` ops save or set gradients of it."""
+    generate: GenerateSpec | None = None
+    """Generate new tokens; ops pick the forward passes (steps) they apply to."""
     output: OutputSpec
     """Where and how results are written."""
     execution: ExecutionSpec = ExecutionSpec()
@@ -305,6 +312,7 @@ class Spec(_Strict):
             problems.append(f"ops.{grads[0]}.grad: a grad op needs a backward section (the loss)")
         if self.backward is not None and not grads:
             problems.append("backward: no grad op uses the loss; add a `grad:` op")
+        problems += self._generation_problems()
         if self.data.input_field and any(
             getattr(op, "positions", None) for op in [*self.ops, *self.edits]
         ):
@@ -318,3 +326,27 @@ class Spec(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _generation_problems(self) -> list[str]:
+        gen, out = self.generate, []
+        for section, ops in (("edits", self.edits), ("ops", self.ops)):
+            for i, op in enumerate(ops):
+                steps = getattr(op, "steps", None)
+                if steps is None:
+                    continue
+                if gen is None:
+                    out.append(f"{section}.{i}.steps: steps pick generation steps; add generate:")
+                elif parse_steps(steps)[0] >= gen.max_new_tokens:
+                    out.append(
+                        f"{section}.{i}.steps: {steps!r} starts at step {parse_steps(steps)[0]}, "
+                        f"beyond generate.max_new_tokens ({gen.max_new_tokens} passes: steps "
+                        f"0..{gen.max_new_tokens - 1})"
+                    )
+        if gen is not None:
+            if self.output.layout == "per_token":
+                out.append("output.layout: per_token is not supported with generate")
+            if self.backward is not None:
+                out.append("backward: gradients during generate are not supported")
+            if self.data.input_field:
+                out.append("generate: needs a language model fed text, not data.input_field")
+        return out
