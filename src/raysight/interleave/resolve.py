@@ -259,15 +259,11 @@ class _Resolver:
             self.fail("generate", "generation needs a causal language model")
             return
         self.plan.generate = gen
-        if gen.stop is None:
-            eos = self.loaded.tokenizer.eos_token_id
-            if eos is None:
-                self.fail("generate.stop", "the tokenizer has no EOS token; list stop tokens")
-            self.plan.stop_ids = [] if eos is None else [eos]
-        else:
-            self.plan.stop_ids = [
-                self.token(t, f"generate.stop.{i}") for i, t in enumerate(gen.stop)
-            ]
+        eos = self.loaded.tokenizer.eos_token_id
+        stops = [self.token(t, f"generate.stop.{i}") for i, t in enumerate(gen.stop or [])]
+        if eos is None and not stops:
+            self.fail("generate.stop", "the tokenizer has no EOS token; list stop tokens")
+        self.plan.stop_ids = ([] if eos is None else [eos]) + stops
 
     # -------------------------------------------------------------- gradients
     def loss(self) -> None:

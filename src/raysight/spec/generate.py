@@ -86,12 +86,12 @@ class GenerateSpec(_Strict):
     top_p: float | None = Field(None, gt=0, le=1)
     """Sample among the most likely tokens whose probabilities sum to top_p (nucleus)."""
     stop: list[int | str] | None = None
-    """Tokens that end a row (ids, or texts of exactly one token); default: the tokenizer's EOS.
+    """Tokens that end a row besides the tokenizer's EOS (ids, or texts of exactly one token).
     A row that stops early has fewer steps; its later steps are missing, never padded."""
 
     @field_validator("stop")
     @classmethod
     def _nonempty(cls, v: list[int | str] | None) -> list[int | str] | None:
         if v is not None and not v:
-            raise ValueError("stop is empty; omit it to stop at the tokenizer's EOS")
+            raise ValueError("stop is empty; omit it to stop at the tokenizer's EOS only")
         return v

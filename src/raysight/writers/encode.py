@@ -104,12 +104,12 @@ def encode_column(col: ColumnInfo, data: Any) -> pa.Array:
     if col.variable:
         rows = list(data) if not torch.is_tensor(data) else list(data.unbind(0))
         lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
+        rest = prod(col.shape[1:]) if col.shape[1:] else 1
         flat = _flat_numpy(
-            torch.cat([r.reshape(r.shape[0], -1) for r in rows])
+            torch.cat([r.reshape(r.shape[0], rest) for r in rows])  # a row may have 0 entries
             if rows
             else torch.empty(0, dtype=col.torch_dtype)
         )
-        rest = prod(col.shape[1:]) if col.shape[1:] else 1
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         if col.as_bytes:
             size = rest * col.torch_dtype.itemsize
