@@ -116,6 +116,7 @@ def _plan(spec: Spec) -> dict[str, Any]:
     per_token = spec.output.layout == "per_token"
     out_rows = tokens if per_token else len(rows)
     total_bytes = sum(plan.row_bytes(n) for n in lengths)
+    stacked = plan.stacked_steps()
     return {
         "model": {"kind": plan.model_kind, "architecture": plan.architecture},
         "stop_after": plan.hooks.stop_event[1] if plan.hooks.stop_event else None,
@@ -124,7 +125,10 @@ def _plan(spec: Spec) -> dict[str, Any]:
                 "name": c.name,
                 "site": c.site,
                 "dtype": c.dtype,
-                "shape": ["tokens" if d is None else d for d in c.shape],
+                "shape": [
+                    ("steps" if c.name in stacked else "tokens") if d is None else d
+                    for d in c.shape
+                ],
             }
             for c in plan.columns
         ],

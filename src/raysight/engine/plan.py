@@ -42,10 +42,25 @@ class RunPlan:
     architecture: str | None
 
     def row_bytes(self, tokens: float) -> float:
-        """Bytes of saved values that one input sequence of ``tokens`` tokens produces."""
+        """Bytes of saved values that one input sequence of ``tokens`` tokens produces (at most,
+        for saves stacked over generation steps: every selected step made)."""
         if self.spec.output.layout == "per_token":  # one sequence makes `tokens` rows
             return tokens * sum(c.row_bytes(1) for c in self.columns)
-        return sum(c.row_bytes(tokens) for c in self.columns)
+        steps = self.stacked_steps()
+        return sum(c.row_bytes(steps.get(c.name, tokens)) for c in self.columns)
+
+    def stacked_steps(self) -> dict[str, int]:
+        """Columns stacked over generation steps -> the most steps they hold."""
+        gen = self.spec.generate
+        if gen is None:
+            return {}
+        out = {}
+        for s in self.hooks.saves:
+            steps = step_range(s.steps, gen.max_new_tokens)
+            if list(steps) != [0]:
+                for c in (s.column, f"{s.column}_ids", f"{s.column}_values"):
+                    out[c] = len(steps)
+        return out
 
 
 def _meta_batch(spec: Spec, loaded: LoadedModel, sample: Any, length: int) -> Batch:
