@@ -18,7 +18,6 @@ from ..models.loading import LoadedModel
 from ..spec.generate import step_range
 from ..spec.models import TopK
 from .actions import HookPlan
-from .rows import Ctx
 from .values import row_seed
 
 __all__ = ["assemble", "generate", "step_batch"]
@@ -96,7 +95,7 @@ def _n_steps(new: torch.Tensor, stop_ids: list[int]) -> list[int]:
 
 
 def assemble(
-    plan: HookPlan, ctx: Ctx, per_step: dict[int, dict[str, Any]], new: torch.Tensor
+    plan: HookPlan, per_step: dict[int, dict[str, Any]], new: torch.Tensor
 ) -> dict[str, Any]:
     """One value per row and column: a step-0-only op's value as is; an op over later steps
     stacks its steps per row ([steps, ...]), only the steps the row computed."""

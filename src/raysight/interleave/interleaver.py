@@ -286,7 +286,7 @@ class Interleaver:
                 with torch.inference_mode():
                     new = generate(self.loaded, self.plan, batch, self._hooks_logits(keys))
                 per_step[ctx.step] = ctx.results
-                ctx.results = assemble(self.plan, ctx, per_step, new)
+                ctx.results = assemble(self.plan, per_step, new)
                 return self._to_host(ctx)
             inputs = {k: v.to(self.loaded.device) for k, v in batch.inputs.items()}
             grads = self.plan.loss is not None
