@@ -90,6 +90,21 @@ def run_spec(tmp_path):
     return _run
 
 
+def plan_problems(spec: dict[str, Any]) -> str:
+    """The message validating and planning ``spec`` on its meta-device model fails with."""
+    from raysight.engine.plan import make_plan
+    from raysight.interleave.resolve import PlanError
+    from raysight.models.loading import load_model
+    from raysight.spec import SpecError, parse_spec
+
+    try:
+        parsed = parse_spec(spec)
+        make_plan(parsed, loaded=load_model(parsed.model, meta=True))
+    except (SpecError, PlanError) as e:
+        return str(e)
+    raise AssertionError("the spec was accepted")
+
+
 def by_id(ds, column: str) -> dict[Any, Any]:
     """Saved values keyed by example_id (rows come out in batch order)."""
     ids = ds.table(["example_id"]).column("example_id").to_pylist()

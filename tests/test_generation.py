@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import PROMPTS, make_spec
+from conftest import PROMPTS, make_spec, plan_problems
 
 LAYERS = {"gpt2": "transformer.h", "llama": "model.layers"}
 WIDE = {"max_padding": 1, "batch_tokens": 4096}
@@ -189,26 +189,12 @@ def test_sampling_is_per_row_and_seeded(tiny_dirs, run_spec):
     assert greedy != wide
 
 
-def _problems(spec: dict) -> str:
-    from raysight.engine.plan import make_plan
-    from raysight.interleave.resolve import PlanError
-    from raysight.models.loading import load_model
-    from raysight.spec import SpecError, parse_spec
-
-    try:
-        parsed = parse_spec(spec)
-        make_plan(parsed, loaded=load_model(parsed.model, meta=True))
-    except (SpecError, PlanError) as e:
-        return str(e)
-    raise AssertionError("the spec was accepted")
-
-
 def test_bad_generation_specs_name_the_field(tiny_dirs):
     gpt2 = tiny_dirs["gpt2"]
     gen = {"max_new_tokens": 4}
-    msg = _problems(make_spec(gpt2, "o", [{"save": "layers.0.output", "steps": "all"}]))
+    msg = plan_problems(make_spec(gpt2, "o", [{"save": "layers.0.output", "steps": "all"}]))
     assert "ops.0.steps: steps pick generation steps; add generate:" in msg
-    msg = _problems(
+    msg = plan_problems(
         make_spec(
             gpt2,
             "o",
@@ -218,21 +204,23 @@ def test_bad_generation_specs_name_the_field(tiny_dirs):
     )
     assert "ops.0.steps: 4 starts at step 4, beyond generate.max_new_tokens (4 passes" in msg
     assert "ops.1.steps: '6:' starts at step 6" in msg
-    msg = _problems(make_spec(gpt2, "o", [{"save": "logits", "steps": "::0"}], generate=gen))
+    msg = plan_problems(make_spec(gpt2, "o", [{"save": "logits", "steps": "::0"}], generate=gen))
     assert "ops.0.steps" in msg and "slice step must be 1 or more" in msg
-    msg = _problems(
+    msg = plan_problems(
         make_spec(gpt2, "o", [{"save": "layers.1.output", "steps": "all"}], generate=gen)
     )
     assert "ops.0: 'layers.1.output' is stacked over steps 'all'" in msg and "positions" in msg
-    msg = _problems(
+    msg = plan_problems(
         make_spec(gpt2, "o", [{"save": "layers.0.output"}], generate={**gen, "stop": ["ab"]})
     )
     assert "generate.stop.0: 'ab' is 2 tokens" in msg
-    msg = _problems(
+    msg = plan_problems(
         make_spec(
             gpt2, "o", [{"save": "layers.0.output"}], generate=gen, output={"layout": "per_token"}
         )
     )
     assert "output.layout: per_token is not supported with generate" in msg
-    msg = _problems(make_spec(tiny_dirs["bert"], "o", [{"save": "layers.0.output"}], generate=gen))
+    msg = plan_problems(
+        make_spec(tiny_dirs["bert"], "o", [{"save": "layers.0.output"}], generate=gen)
+    )
     assert "generate: generation needs a causal language model" in msg

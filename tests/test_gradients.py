@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import PROMPTS, by_id, make_spec
+from conftest import PROMPTS, by_id, make_spec, plan_problems
 from reference import grads_alone
 
 LAYERS = {"gpt2": "transformer.h", "llama": "model.layers"}
@@ -203,25 +203,11 @@ def test_sequential_site_loss(run_spec):
         _close(got[i], h.grad[0])
 
 
-def _problems(spec: dict) -> str:
-    from raysight.engine.plan import make_plan
-    from raysight.interleave.resolve import PlanError
-    from raysight.models.loading import load_model
-    from raysight.spec import SpecError, parse_spec
-
-    try:
-        parsed = parse_spec(spec)
-        make_plan(parsed, loaded=load_model(parsed.model, meta=True))
-    except (SpecError, PlanError) as e:
-        return str(e)
-    raise AssertionError("the spec was accepted")
-
-
 def test_bad_gradient_specs_name_the_field(tiny_dirs):
     gpt2 = tiny_dirs["gpt2"]
     logprob = {"loss": {"logprob": {"target": "e"}}}
     # A grad site that runs after the loss's own site.
-    msg = _problems(
+    msg = plan_problems(
         make_spec(
             gpt2, "o", [{"grad": "layers.2.output"}], backward={"loss": {"sum": "layers.1.output"}}
         )
@@ -230,7 +216,7 @@ def test_bad_gradient_specs_name_the_field(tiny_dirs):
         "ops.0.grad: 'layers.2.output' is computed after the loss's site 'layers.1.output'" in msg
     )
     # A set in between cuts every path from the grad site to the loss.
-    msg = _problems(
+    msg = plan_problems(
         make_spec(
             gpt2,
             "o",
@@ -242,7 +228,7 @@ def test_bad_gradient_specs_name_the_field(tiny_dirs):
         "ops.1.grad: the loss (backward.loss.logprob) does not depend on 'layers.0.output'" in msg
     )
     # Targets: several tokens, an id outside the vocabulary.
-    msg = _problems(
+    msg = plan_problems(
         make_spec(
             gpt2,
             "o",
@@ -253,18 +239,18 @@ def test_bad_gradient_specs_name_the_field(tiny_dirs):
     assert "backward.loss.logit_diff.a: 'ab' is 2 tokens" in msg
     assert "backward.loss.logit_diff.b: token id 10000 is outside the vocabulary" in msg
     # An encoder has no logits.
-    msg = _problems(
+    msg = plan_problems(
         make_spec(tiny_dirs["bert"], "o", [{"grad": "layers.0.output"}], backward=logprob)
     )
     assert "backward.loss.logprob: a logprob loss reads a language model's logits" in msg
     # Spec-level rules, all reported at once.
-    msg = _problems(make_spec(gpt2, "o", [{"grad": "layers.0.output", "mode": "add"}]))
+    msg = plan_problems(make_spec(gpt2, "o", [{"grad": "layers.0.output", "mode": "add"}]))
     assert "ops.0.grad: mode applies to a set gradient" in msg
-    msg = _problems(make_spec(gpt2, "o", [{"grad": "layers.0.output"}]))
+    msg = plan_problems(make_spec(gpt2, "o", [{"grad": "layers.0.output"}]))
     assert "ops.0.grad: a grad op needs a backward section" in msg
-    msg = _problems(make_spec(gpt2, "o", [{"save": "layers.0.output"}], backward=logprob))
+    msg = plan_problems(make_spec(gpt2, "o", [{"save": "layers.0.output"}], backward=logprob))
     assert "backward: no grad op uses the loss" in msg
-    msg = _problems(
+    msg = plan_problems(
         make_spec(gpt2, "o", [{"grad": "layers.0.output"}], backward={"loss": {"logprobs": {}}})
     )
     assert "backward.loss: a loss has exactly one of the keys sum, mean, logprob" in msg

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..models.loading import LoadedModel, meta_safe
-from ..spec.backward import FieldRef, GradOp, MeanLoss, SumLoss
+from ..spec.backward import FieldRef, GradOp, MeanLoss, SumLoss, loss_kind
 from ..spec.models import CacheOp, FromValue, SaveOp, SetOp, SkipOp, Spec, TopK
 from ..spec.sites import SiteError, expand_module_pattern, parse_module_site, parse_value_site
 from .actions import GradAction, HookPlan, LossAction, SaveAction, SetAction, SkipAction, Target
@@ -270,7 +270,7 @@ class _Resolver:
         if self.spec.backward is None:
             return
         loss = self.spec.backward.loss
-        kind = next(k for k in type(loss).model_fields)
+        kind = loss_kind(loss)
         where = f"backward.loss.{kind}"
         params = getattr(loss, kind)
         if isinstance(loss, (SumLoss, MeanLoss)):

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .sites import SiteError, parse_module_site, parse_value_site
 
-__all__ = ["Dtype", "Positions", "ValueSite", "_Strict", "_module_site", "_value_site"]
+__all__ = [
+    "Dtype",
+    "Positions",
+    "ValueSite",
+    "_Strict",
+    "_module_site",
+    "_value_site",
+    "tag_by_key",
+]
 
 
 class _Strict(BaseModel):
@@ -49,3 +58,15 @@ Positions = Annotated[
         "whatever the padding side. Default: every token."
     ),
 ]
+
+
+def tag_by_key(keys: tuple[str, ...]) -> Callable[[Any], str | None]:
+    """A discriminator for variants tagged by the key they carry (``save:``, ``logprob:``…): the
+    first of ``keys`` in a dict, or among a model's declared fields (not ``getattr``: nnsight
+    patches ``object.save`` onto every object)."""
+
+    def tag(v: Any) -> str | None:
+        have = v if isinstance(v, dict) else getattr(type(v), "model_fields", {})
+        return next((k for k in keys if k in have), None)
+
+    return tag

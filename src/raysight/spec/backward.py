@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from ._base import Dtype, Positions, ValueSite, _Strict, _value_site
+from ._base import Dtype, Positions, ValueSite, _Strict, _value_site, tag_by_key
 from .values import FromValue, Value
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "SumLoss",
     "TokenRef",
     "loss_fields",
+    "loss_kind",
 ]
 
 
@@ -104,11 +105,8 @@ class CrossEntropyLoss(_Strict):
 _LOSS_KEYS = ("sum", "mean", "logprob", "logit", "logit_diff", "cross_entropy")
 
 
-def _loss_tag(v: Any) -> str | None:
-    for key in _LOSS_KEYS:
-        if (key in v) if isinstance(v, dict) else getattr(v, key, None) is not None:
-            return key
-    return None
+loss_kind = tag_by_key(_LOSS_KEYS)
+"""The key a loss is tagged by (``logprob``, ``sum``…)."""
 
 
 Loss = Annotated[
@@ -119,7 +117,7 @@ Loss = Annotated[
     | Annotated[LogitDiffLoss, Tag("logit_diff")]
     | Annotated[CrossEntropyLoss, Tag("cross_entropy")],
     Discriminator(
-        _loss_tag,
+        loss_kind,
         custom_error_type="loss",
         custom_error_message="a loss has exactly one of the keys " + ", ".join(_LOSS_KEYS),
     ),

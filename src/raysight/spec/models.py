@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from ._base import Dtype, Positions, ValueSite, _module_site, _Strict, _value_site
+from ._base import Dtype, Positions, ValueSite, _module_site, _Strict, _value_site, tag_by_key
 from .backward import BackwardSpec, GradOp, MeanLoss, SumLoss
 from .generate import GenerateSpec, Steps, parse_steps
 from .values import FileValue, FromValue, NoiseValue, Value, ZerosValue
@@ -194,11 +194,7 @@ class CacheOp(_Strict):
     _site = field_validator("cache")(_module_site)
 
 
-def _op_tag(v: Any) -> str | None:
-    for key in ("save", "set", "skip", "cache", "grad"):
-        if (key in v) if isinstance(v, dict) else isinstance(getattr(v, key, None), str):
-            return key
-    return None
+_op_tag = tag_by_key(("save", "set", "skip", "cache", "grad"))
 
 
 _OP_ERROR = "an op has exactly one of the keys save, set, skip, cache, grad"
