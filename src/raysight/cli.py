@@ -97,9 +97,10 @@ def _plan(spec: Spec) -> dict[str, Any]:
     from .data.readers import id_type, read_rows, tensor_sample
     from .engine.plan import make_plan
     from .models.loading import load_model
-    from .spec.backward import loss_fields
+    from .spec.sweep import axis_values
+    from .spec.variants import token_fields
 
-    rows, bad, total = read_rows(spec.data, keep=loss_fields(spec.backward))
+    rows, bad, total = read_rows(spec.data, keep=token_fields(spec))
     meta = load_model(spec.model, meta=True)
     sample = tensor_sample(spec.data, rows)
     plan = make_plan(spec, sample, pa.type_for_alias(id_type(rows)), loaded=meta)
@@ -112,10 +113,12 @@ def _plan(spec: Spec) -> dict[str, Any]:
         ]
     else:
         lengths = [1] * len(rows)
-    tokens = sum(lengths)
+    n_var = len(spec.variants)  # every row runs once per sweep variant
+    tokens = sum(lengths) * n_var
     per_token = spec.output.layout == "per_token"
-    out_rows = tokens if per_token else len(rows)
-    total_bytes = sum(plan.row_bytes(n) for n in lengths)
+    out_rows = tokens if per_token else len(lengths) * n_var
+    total_bytes = sum(plan.row_bytes(n) for n in lengths) * n_var
+    members = spec.data.pair.fields if spec.data.pair else []
     stacked = plan.stacked_steps()
     return {
         "model": {"kind": plan.model_kind, "architecture": plan.architecture},
@@ -133,6 +136,10 @@ def _plan(spec: Spec) -> dict[str, Any]:
             for c in plan.columns
         ],
         "input_rows": total,
+        "variants": n_var,
+        "sweep": {axis: len(axis_values(v)) for axis, v in (spec.sweep or {}).items()},
+        "pair": members,
+        "rows_per_example": n_var * max(1, len(members)),
         "rows_with_errors": len(bad),
         "tokens": tokens,
         "output_rows": out_rows,
@@ -210,6 +217,13 @@ def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
         print("columns:")
         for c in info["columns"]:
             print(f"  {c['name']:<28} {c['dtype']:<9} {c['shape']}  <- {c['site']}")
+        if info["variants"] > 1 or info["pair"]:
+            axes = " x ".join(f"{a} {n}" for a, n in info["sweep"].items()) or "none"
+            pair = f"; pair rows: {', '.join(info['pair'])}" if info["pair"] else ""
+            print(
+                f"sweep: {axes} = {info['variants']} variant(s){pair}; "
+                f"{info['rows_per_example']} rows per input row, run in the same batches"
+            )
         print(
             f"input rows: {info['input_rows']} ({info['rows_with_errors']} unusable), "
             f"tokens: {info['tokens']}, output rows: {info['output_rows']}"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Batch", "Encoded", "collate", "encode", "pack", "token_targets"]
+__all__ = ["Batch", "Encoded", "collate", "encode", "pack", "select", "token_targets", "with_units"]
 
 
 @dataclass
@@ -23,6 +23,10 @@ class Encoded:
     text: str | None = None
     truncated: bool = False
     targets: dict[str, int] | None = None  # token ids the loss takes from data columns
+    member: int | None = None  # data.pair: which field of the pair this row is
+    pos_map: list[list[int]] | None = None  # data.pair.position_map of the row's record
+    variant: int = 0  # sweep variant the row runs
+    unit: int = 0  # rows of one pair (same example, same variant) share a unit
 
 
 @dataclass
@@ -34,6 +38,10 @@ class Batch:
     token_ids: list[list[int]] | None  # real token ids per row
     texts: list[str | None]
     targets: list[dict[str, int]] | None = None  # per row: data column -> token id (the loss)
+    variants: list[int] | None = None  # per row: its sweep variant
+    members: list[int] | None = None  # per row: its data.pair field
+    partners: list[list[int]] | None = None  # per row: batch row of each field of its pair
+    pos_maps: list[list[list[int]] | None] | None = None  # per row: its pair's position map
 
     @property
     def size(self) -> int:
@@ -45,13 +53,28 @@ class Batch:
 
 
 def encode(tokenizer: Any, rows: list[Any], max_length: int, add_special: bool) -> list[Encoded]:
-    """Tokenize without padding; records which rows were truncated."""
-    texts = [r.payload for r in rows]
-    ids = tokenizer(texts, add_special_tokens=add_special, truncation=False)["input_ids"]
+    """Tokenize without padding; records which rows were truncated. A pair row (PairTexts)
+    gives one Encoded per field, side by side, with its member index."""
+    flat = []  # (row, member, text)
+    for r in rows:
+        texts = getattr(r.payload, "texts", None)
+        if texts is None:
+            flat.append((r, None, r.payload))
+        else:
+            flat += [(r, m, t) for m, t in enumerate(texts)]
+    ids = tokenizer([t for _, _, t in flat], add_special_tokens=add_special, truncation=False)
     out = []
-    for row, toks in zip(rows, ids):
+    for (row, member, text), toks in zip(flat, ids["input_ids"]):
+        pos_map = getattr(row.payload, "position_map", None)
         out.append(
-            Encoded(row.example_id, list(toks[:max_length]), row.payload, len(toks) > max_length)
+            Encoded(
+                row.example_id,
+                list(toks[:max_length]),
+                text,
+                len(toks) > max_length,
+                member=member,
+                pos_map=pos_map,
+            )
         )
     return out
 
@@ -75,14 +98,19 @@ def token_targets(tokenizer: Any, fields: dict[str, Any], columns: list[str]) ->
 
 
 def pack(
-    lengths: list[int], batch_tokens: int, max_rows: int, max_padding: float = 1.0
+    lengths: list[int],
+    batch_tokens: int,
+    max_rows: int,
+    max_padding: float = 1.0,
+    rows_per_item: int = 1,
 ) -> list[list[int]]:
     """Group row indices into batches: longest first, each within the token budget, and a batch
     is closed early rather than let its padding exceed ``max_padding`` (a fraction of its padded
     tokens), so rows of similar length share a batch (length bucketing) and the whole shard's
     padding stays under ``max_padding`` too.
 
-    A row longer than the budget still runs, alone.
+    An item may stand for ``rows_per_item`` rows that must share a batch (a pair), each as long
+    as ``lengths`` says. A row longer than the budget still runs, alone.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
@@ -92,8 +120,8 @@ def pack(
         width = lengths[cur[0]] if cur else lengths[i]
         n = len(cur) + 1
         if cur and (
-            n * width > batch_tokens
-            or len(cur) >= max_rows
+            n * width * rows_per_item > batch_tokens
+            or (len(cur) + 1) * rows_per_item > max_rows
             or 1 - (real + lengths[i]) / (n * width) > max_padding
         ):
             batches.append(cur)
@@ -121,7 +149,7 @@ def collate(items: list[Encoded], pad_id: int, side: str, causal: bool) -> Batch
     inputs = {"input_ids": ids, "attention_mask": mask}
     if causal or side == "left":
         inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    return Batch(
+    batch = Batch(
         example_ids=[e.example_id for e in items],
         inputs=inputs,
         starts=starts,
@@ -130,3 +158,36 @@ def collate(items: list[Encoded], pad_id: int, side: str, causal: bool) -> Batch
         texts=[e.text for e in items],
         targets=[e.targets or {} for e in items],
     )
+    return with_units(batch, items)
+
+
+def select(batch: Batch, idx: list[int]) -> Batch:
+    """The rows ``idx`` of a batch, as a batch of their own (pair partners are not kept)."""
+
+    def pick(xs: list | None) -> list | None:
+        return None if xs is None else [xs[i] for i in idx]
+
+    rows = torch.tensor(idx, dtype=torch.long)
+    return Batch(
+        pick(batch.example_ids),
+        {k: v[rows.to(v.device)] for k, v in batch.inputs.items()},
+        pick(batch.starts),
+        pick(batch.lengths),
+        pick(batch.token_ids),
+        pick(batch.texts),
+        pick(batch.targets),
+        pick(batch.variants),
+        pick(batch.members),
+    )
+
+
+def with_units(batch: Batch, items: list[Encoded]) -> Batch:
+    """Record each row's sweep variant and, for pairs, where its pair's other rows are."""
+    batch.variants = [e.variant for e in items]
+    if any(e.member is not None for e in items):
+        where = {(e.unit, e.member): i for i, e in enumerate(items)}
+        k = 1 + max(e.member for e in items)
+        batch.members = [e.member for e in items]
+        batch.partners = [[where.get((e.unit, m), -1) for m in range(k)] for e in items]
+        batch.pos_maps = [e.pos_map for e in items]
+    return batch

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..spec.models import DataSpec
 
-__all__ = ["DataError", "Row", "RowError", "id_type", "read_rows", "tensor_sample"]
+__all__ = ["DataError", "PairTexts", "Row", "RowError", "id_type", "read_rows", "tensor_sample"]
 
 
 class DataError(ValueError):
@@ -24,8 +24,16 @@ class DataError(ValueError):
 class Row:
     index: int  # position in the input; shards are ranges of it
     example_id: Any  # the index, or the id column's value
-    payload: Any  # text, or a numeric list for tensor models
+    payload: Any  # text, PairTexts (data.pair), or a numeric list for tensor models
     fields: dict[str, Any] | None = None  # other columns the spec reads (loss targets)
+
+
+@dataclass(frozen=True)
+class PairTexts:
+    """A pair row's payload: one text per data.pair field, and its position map if any."""
+
+    texts: list[str]
+    position_map: list[list[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,8 @@ def _payload(spec: DataSpec, rec: Any) -> tuple[str | None, Any]:
         if not isinstance(val, list) or not val:
             return f"field {spec.input_field!r} must be a non-empty list of numbers", None
         return None, val
+    if spec.pair is not None:
+        return _pair_payload(spec, rec)
     text = rec
     if isinstance(rec, dict) or (spec.prompts is None and not isinstance(rec, str)):
         has, text = _field(rec, spec.text_field)
@@ -135,6 +145,34 @@ def _payload(spec: DataSpec, rec: Any) -> tuple[str | None, Any]:
     if not text.strip():
         return "text is empty", None
     return None, text
+
+
+def _pair_payload(spec: DataSpec, rec: Any) -> tuple[str | None, Any]:
+    pair = spec.pair
+    if not isinstance(rec, dict):
+        return f"a pair row is a record with fields {pair.fields} (data.pair.fields)", None
+    texts, pmap = [], None
+    for name in pair.fields:
+        has, text = _field(rec, name)
+        if not has:
+            return f"no field {name!r} (data.pair.fields)", None
+        if not isinstance(text, str) or not text.strip():
+            return f"field {name!r} (data.pair.fields) must be a non-empty string", None
+        texts.append(text)
+    if pair.position_map is not None:
+        has, pmap = _field(rec, pair.position_map)
+        ok = isinstance(pmap, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(type(x) is int for x in p) for p in pmap
+        )
+        if not has:
+            return f"no field {pair.position_map!r} (data.pair.position_map)", None
+        if not ok:
+            return (
+                f"field {pair.position_map!r} (data.pair.position_map) must be a list of "
+                "[position, position] integer pairs",
+                None,
+            )
+    return None, PairTexts(texts, pmap)
 
 
 def tensor_sample(spec: DataSpec, rows: list[Row]) -> Any:

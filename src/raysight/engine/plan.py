@@ -5,27 +5,23 @@ sequence lengths (a dimension that changes is the token dimension), and build th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
 import torch
 
-from ..data.batching import Batch
+from ..data.batching import Batch, Encoded, collate
 from ..interleave.interleaver import Interleaver, OpError
-from ..interleave.resolve import (
-    HookPlan,
-    ModuleTree,
-    PlanError,
-    resolve,
-    sample_inputs,
-    trace_tree,
-)
+from ..interleave.resolve import HookPlan, ModuleTree, PlanError, sample_inputs, trace_tree
 from ..interleave.selectors import SelectError
+from ..interleave.variants import resolve
 from ..models.loading import LoadedModel, load_model, meta_safe
-from ..spec.backward import CrossEntropyLoss, loss_fields
+from ..spec.backward import CrossEntropyLoss
 from ..spec.generate import step_range
 from ..spec.models import Spec
+from ..spec.sweep import axis_values, has_placeholder
+from ..spec.variants import token_fields
 from ..writers.encode import ColumnInfo, arrow_field
 
 __all__ = ["RunPlan", "identity_fields", "make_plan", "min_tokens"]
@@ -64,17 +60,41 @@ class RunPlan:
 
 
 def _meta_batch(spec: Spec, loaded: LoadedModel, sample: Any, length: int) -> Batch:
-    """One unpadded row of ``length`` tokens (or the sample tensor) for the meta model."""
-    inputs = sample_inputs(loaded, sample, length)
+    """One unpadded row of ``length`` tokens (or the sample tensor) per sweep variant and pair
+    member, for the meta model."""
+    n_var = len(spec.variants)
     if loaded.kind == "tensor":
-        return Batch([0], inputs, [0], [1], None, [None])
-    targets = [{col: 0 for col, _ in loss_fields(spec.backward)}]
-    return Batch([0], inputs, [0], [length], [[0] * length], [None], targets)
+        inputs = sample_inputs(loaded, sample, length)
+        inputs = {k: v.expand(n_var, *v.shape[1:]) for k, v in inputs.items()}
+        b = Batch(list(range(n_var)), inputs, [0] * n_var, [1] * n_var, None, [None] * n_var)
+        b.variants = list(range(n_var))
+        return b
+    targets = {col: 0 for col, _ in token_fields(spec)}
+    members = range(len(spec.data.pair.fields)) if spec.data.pair else [None]
+    items = [
+        Encoded(v, [0] * length, None, targets=targets, member=m, variant=v, unit=v)
+        for v in range(n_var)
+        for m in members
+    ]
+    batch = collate(items, 0, "left", loaded.kind == "causal")
+    # no padding, so no attention mask (meta tensors cannot build one)
+    inputs = {k: v.to(loaded.device) for k, v in batch.inputs.items() if k != "attention_mask"}
+    if "position_ids" in inputs and loaded.kind != "causal":
+        del inputs["position_ids"]
+    return replace(batch, inputs=inputs)
 
 
-def _row_shape(data: Any) -> tuple[tuple[int, ...], torch.dtype]:
+def _row_shape(data: Any, name: str, where: str) -> tuple[tuple[int, ...], torch.dtype]:
     if torch.is_tensor(data):
         return tuple(data.shape[1:]), data.dtype
+    shapes = {tuple(r.shape) for r in data}
+    if len(shapes) > 1:
+        raise PlanError(
+            [
+                f"{where}: '{name}' has per-row shapes {sorted(map(list, shapes))} in different "
+                "sweep variants; every variant writes the same columns, so make them agree"
+            ]
+        )
     return tuple(data[0].shape), data[0].dtype
 
 
@@ -96,10 +116,10 @@ def _infer_columns(
     where = {s.column: s for s in hooks.saves}
     problems, cols = [], []
     for name in hooks.columns:
-        (a, dtype), (b, _) = _row_shape(runs[0][name]), _row_shape(runs[1][name])
-        shape = tuple(x if x == y else None for x, y in zip(a, b))
         base = name.removesuffix("_ids").removesuffix("_values")
         act = where.get(name) or where.get(base)
+        (a, dtype), (b, _) = (_row_shape(r[name], name, act.where) for r in runs)
+        shape = tuple(x if x == y else None for x, y in zip(a, b))
         if None in shape[1:]:
             problems.append(
                 f"{act.where}: '{name}' changes shape with the prompt length in "
@@ -113,7 +133,8 @@ def _infer_columns(
                 problems.append(problem)
                 continue
         storage = spec.output.tensor_storage if shape else "typed"
-        col = ColumnInfo(name, str(dtype).removeprefix("torch."), shape, act.target.label, storage)
+        site = _site_text(spec, act.where) or act.target.label
+        col = ColumnInfo(name, str(dtype).removeprefix("torch."), shape, site, storage)
         if spec.output.layout == "per_token":
             if not col.variable:
                 problems.append(
@@ -126,6 +147,14 @@ def _infer_columns(
     if problems:
         raise PlanError(problems)
     return cols
+
+
+def _site_text(spec: Spec, where: str) -> str | None:
+    """The site as the spec writes it when it holds sweep placeholders (its variants differ)."""
+    section, i = where.split(".")[:2]
+    op = getattr(spec, section)[int(i)]
+    text = next(getattr(op, k) for k in ("save", "cache", "grad") if k in type(op).model_fields)
+    return text if has_placeholder(text) else None
 
 
 def _over_steps(shape: tuple, act: Any, n_steps: int) -> tuple[tuple, str | None]:
@@ -146,8 +175,9 @@ def _over_steps(shape: tuple, act: Any, n_steps: int) -> tuple[tuple, str | None
 
 
 def min_tokens(spec: Spec) -> int:
-    """The fewest real tokens a row needs for every op's positions to exist."""
-    pos = [p for op in [*spec.edits, *spec.ops] for p in (getattr(op, "positions", None) or [])]
+    """The fewest real tokens a row needs for every op's positions to exist (in every variant)."""
+    ops = [op for v in spec.variants for op in (*v.edits, *v.ops)]
+    pos = [p for op in ops for p in (getattr(op, "positions", None) or [])]
     if spec.backward is not None:
         loss = spec.backward.loss
         pos += getattr(loss, "positions", None) or []
@@ -161,6 +191,12 @@ def min_tokens(spec: Spec) -> int:
 
 def identity_fields(spec: Spec, kind: str, id_type: pa.DataType) -> list[pa.Field]:
     fields = [pa.field("example_id", id_type, nullable=False)]
+    if spec.sweep:
+        fields.append(pa.field("variant", pa.int32(), nullable=False))
+        for axis, values in spec.sweep.items():
+            fields.append(pa.field(axis, _axis_type(axis_values(values)), nullable=False))
+    if spec.data.pair:
+        fields.append(pa.field("row", pa.string(), nullable=False))
     if spec.output.layout == "per_token":
         fields += [
             pa.field("position", pa.int32(), nullable=False),
@@ -180,6 +216,14 @@ def identity_fields(spec: Spec, kind: str, id_type: pa.DataType) -> list[pa.Fiel
             pa.field("generated_text", pa.large_string(), nullable=False),
         ]
     return fields
+
+
+def _axis_type(values: list) -> pa.DataType:
+    if all(isinstance(v, int) for v in values):
+        return pa.int64()
+    if all(isinstance(v, (int, float)) for v in values):
+        return pa.float64()
+    return pa.string()
 
 
 def make_plan(

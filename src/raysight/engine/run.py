@@ -21,9 +21,9 @@ import pyarrow as pa
 
 from .. import __version__
 from ..data.readers import Row, RowError, id_type, read_rows, tensor_sample
-from ..spec.backward import loss_fields
 from ..spec.load import spec_hash, spec_to_dict
 from ..spec.models import Spec
+from ..spec.variants import token_fields
 from ..writers.manifest import (
     ERRORS_FILE,
     MANIFEST_FILE,
@@ -144,7 +144,7 @@ def run(
     spec_data = spec_to_dict(spec)
     write_json_atomic(out / SPEC_FILE, {"spec_hash": digest, "spec": spec_data})
 
-    rows, bad, total = read_rows(spec.data, base_dir, loss_fields(spec.backward))
+    rows, bad, total = read_rows(spec.data, base_dir, token_fields(spec))
     ids = id_type(rows)
     sample = tensor_sample(spec.data, rows)
     plan = make_plan(spec, sample, pa.type_for_alias(ids))

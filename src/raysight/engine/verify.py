@@ -19,24 +19,30 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from ..spec.sweep import axis_values
 from ..writers.manifest import ERRORS_FILE, read_manifest
 
 __all__ = ["inspect", "stage_seconds", "verify"]
 
 
 def _read_ids(path: Path, per_token: bool) -> tuple[int, list, pa.Schema]:
-    cols = ["example_id", "position"] if per_token else ["example_id"]
+    """Row count, each row's key (example_id, variant, pair row[, position]) and the schema."""
     if path.suffix == ".parquet":
         f = pq.ParquetFile(path)
-        t = f.read(columns=cols)
-        return (
-            f.metadata.num_rows,
-            list(zip(*(t.column(c).to_pylist() for c in cols))),
-            f.schema_arrow,
-        )
-    with pa.memory_map(str(path)) as src:
-        t = ipc.open_file(src).read_all()
-    return t.num_rows, list(zip(*(t.column(c).to_pylist() for c in cols))), t.schema
+        n, schema = f.metadata.num_rows, f.schema_arrow
+        t = f.read(columns=[c for c in _KEY if c in schema.names])
+    else:
+        with pa.memory_map(str(path)) as src:
+            t = ipc.open_file(src).read_all()
+        n, schema = t.num_rows, t.schema
+    cols = [
+        t.column(c).to_pylist() if c in schema.names else [0 if c == "variant" else None] * n
+        for c in (_KEY if per_token else _KEY[:-1])
+    ]
+    return n, list(zip(*cols)), schema
+
+
+_KEY = ("example_id", "variant", "row", "position")
 
 
 def verify(directory: str | Path) -> list[str]:
@@ -53,7 +59,6 @@ def verify(directory: str | Path) -> list[str]:
     per_token = m["layout"] == "per_token"
     listed = set()
     seen: Counter = Counter()
-    examples: set = set()
     schema = None
     for k in range(expected):
         entry = m["shards"].get(str(k))
@@ -77,7 +82,6 @@ def verify(directory: str | Path) -> list[str]:
         if not file_schema.equals(schema):
             problems.append(f"shard {k}: {entry['file']} has a different schema")
         seen.update(keys)
-        examples.update(key[0] for key in keys)
     for p in sorted(out.iterdir()):
         if p.name.startswith("part-") and p.name not in listed:
             problems.append(f"orphan file {p.name}: no finished shard in the manifest owns it")
@@ -89,24 +93,39 @@ def verify(directory: str | Path) -> list[str]:
     dup = [key for key, c in seen.items() if c > 1]
     if dup:
         problems.append(f"{len(dup)} duplicated row(s), e.g. {dup[0]!r}")
-    errors = _errors(out)
-    both = examples & set(errors)
+    # Every input row appears once per sweep variant: written, or in the error report (for one
+    # variant, or for all of them).
+    units = {(key[0], key[1]) for key in seen}
+    whole, one = _errors(out)
+    n_var = _n_variants(m["spec"])
+    both = {u for u in units if u[0] in whole or u in one}
     if both:
         problems.append(f"{len(both)} row(s) both written and in the error report")
     done_all = not any(p.startswith("shard ") and "not run" in p for p in problems)
-    if done_all and len(examples) + len(errors) != m["input_rows"]:
+    accounted = len(units) + n_var * len(whole) + len(one)
+    if done_all and accounted != m["input_rows"] * n_var:
         problems.append(
-            f"{len(examples)} rows written + {len(errors)} reported != {m['input_rows']} input rows"
+            f"{len(units)} row-variants written + {len(whole)} rows and {len(one)} row-variants "
+            f"reported != {m['input_rows']} input rows x {n_var} variant(s)"
         )
     return problems
 
 
-def _errors(out: Path) -> dict[Any, str]:
+def _n_variants(spec: dict[str, Any]) -> int:
+    n = 1
+    for axis in (spec.get("sweep") or {}).values():
+        n *= len(axis_values(axis))
+    return n
+
+
+def _errors(out: Path) -> tuple[set, set]:
+    """Error report: example ids reported as a whole, and (example_id, variant) reported."""
     path = out / ERRORS_FILE
     if not path.exists():
-        return {}
+        return set(), set()
     recs = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return {r["example_id"]: r["reason"] for r in recs}
+    whole = {r["example_id"] for r in recs if "variant" not in r}
+    return whole, {(r["example_id"], r["variant"]) for r in recs if "variant" in r}
 
 
 def stage_seconds(shards: Iterable[dict[str, Any]]) -> dict[str, float]:

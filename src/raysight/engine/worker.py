@@ -7,19 +7,20 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import torch
 
-from ..data.batching import Batch, Encoded, collate, encode, pack, token_targets
+from ..data.batching import Batch, Encoded, collate, encode, pack, token_targets, with_units
 from ..data.readers import Row
+from ..interleave.actions import SetAction
 from ..interleave.interleaver import Interleaver, OpError
 from ..models.loading import load_model
-from ..spec.backward import loss_fields
 from ..spec.load import parse_spec
+from ..spec.variants import token_fields
 from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
 from .plan import RunPlan, make_plan, min_tokens
@@ -41,7 +42,7 @@ class ShardResult:
     padded_tokens: int
     truncated: int
     seconds: float
-    errors: list[tuple[Any, str]] = field(default_factory=list)
+    errors: list[tuple] = field(default_factory=list)  # (example_id, reason[, variant])
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
 
 
@@ -73,6 +74,18 @@ class ShardRunner:
         self.plan = plan
         self.interleaver = Interleaver(self.loaded, self.plan.hooks)
         self.out = Path(self.spec.output.path)
+        pair = self.spec.data.pair
+        # a whole-value copy between pair rows aligns them token by token
+        self.same_length = (
+            pair is not None
+            and pair.position_map is None
+            and [
+                a.where
+                for acts in self.plan.hooks.actions.values()
+                for a in acts
+                if isinstance(a, SetAction) and a.from_row is not None and a.positions is None
+            ]
+        )
 
     # -------------------------------------------------------------- inputs
     def _encode(self, rows: list[Row]) -> list[Encoded]:
@@ -85,7 +98,7 @@ class ShardRunner:
         if self.loaded.kind == "tensor":
             xs = [torch.as_tensor(rows[e.example_id].payload, dtype=torch.float32) for e in items]
             n = len(items)
-            return Batch(
+            batch = Batch(
                 [e.example_id for e in items],
                 {"input": torch.stack(xs)},
                 [0] * n,
@@ -93,6 +106,7 @@ class ShardRunner:
                 None,
                 [None] * n,
             )
+            return with_units(batch, items)
         tok = self.loaded.tokenizer
         return collate(
             items, tok.pad_token_id, self.loaded.padding_side, self.loaded.kind == "causal"
@@ -103,7 +117,17 @@ class ShardRunner:
         spec = self.spec
         cols: dict[str, Any] = {}
         ids = batch.example_ids
+        cols["variant"] = batch.variants
+        for axis in spec.sweep or {}:
+            cols[axis] = [spec.variants[v].values[axis] for v in batch.variants]
+            if pa.types.is_string(self.plan.schema.field(axis).type):
+                cols[axis] = [str(x) for x in cols[axis]]
+        if spec.data.pair:
+            cols["row"] = [spec.data.pair.fields[m] for m in batch.members]
         if spec.output.layout == "per_token":
+            for name in ["variant", "row", *(spec.sweep or {})]:
+                if name in cols:
+                    cols[name] = [x for x, n in zip(cols[name], batch.lengths) for _ in range(n)]
             cols["example_id"] = [eid for eid, n in zip(ids, batch.lengths) for _ in range(n)]
             cols["position"] = [p for n in batch.lengths for p in range(n)]
             cols["token_id"] = [t for toks in batch.token_ids or [] for t in toks]
@@ -140,33 +164,11 @@ class ShardRunner:
         t0 = time.perf_counter()
         ex = self.spec.execution
         by_id = {r.example_id: r for r in rows}
-        errors: list[tuple[Any, str]] = []
-        items = []
-        need = min_tokens(self.spec)
+        errors: list[tuple] = []
         self._stages = dict.fromkeys(STAGES, 0.0)
         encoded = self._encode(rows)
-        columns = sorted({col for col, _ in loss_fields(self.spec.backward)})
         self._stages["tokenize"] = time.perf_counter() - t0
-        for e in encoded:
-            if columns:
-                try:
-                    e.targets = token_targets(
-                        self.loaded.tokenizer, by_id[e.example_id].fields, columns
-                    )
-                except ValueError as err:
-                    errors.append((e.example_id, f"backward.loss target: {err}"))
-                    continue
-            if not e.ids:
-                errors.append((e.example_id, "the text tokenizes to no tokens"))
-            elif self.loaded.kind != "tensor" and len(e.ids) < need:
-                errors.append(
-                    (
-                        e.example_id,
-                        f"{len(e.ids)} tokens, but the ops' positions need at least {need}",
-                    )
-                )
-            else:
-                items.append(e)
+        units = self._units(encoded, by_id, errors)
         writer = ShardWriter(
             self.out,
             shard,
@@ -177,21 +179,27 @@ class ShardRunner:
             background=True,
         )
         writer.start()
-        tokens = padded = examples = 0
+        tokens = padded = 0
+        examples: set = set()
         self._model_failures: list[str] = []  # rows that raised inside the model, not in an op
+        k = len(units[0]) if units else 1  # rows per unit: the pair's fields
         try:
             for group in pack(
-                [len(e.ids) for e in items], ex.batch_tokens, ex.max_batch_rows, ex.max_padding
+                [max(len(e.ids) for e in u) for u in units],
+                ex.batch_tokens,
+                ex.max_batch_rows,
+                ex.max_padding,
+                rows_per_item=k,
             ):
-                for batch, values in self._run_group([items[i] for i in group], by_id, errors):
+                for batch, values in self._run_group([units[i] for i in group], by_id, errors):
                     t = time.perf_counter()
                     record = self._record_batch(batch, values)
                     self._stages["encode"] += time.perf_counter() - t
                     writer.write(record)
-                    examples += batch.size
+                    examples.update(batch.example_ids)
                     tokens += sum(batch.lengths)
                     padded += batch.size * batch.padded_length
-            if examples == 0 and self._model_failures:
+            if not examples and self._model_failures:
                 # Every row failed inside the model: systematic, not a bad row. Fail the shard
                 # so it is retried, and reported if it keeps failing.
                 raise ShardError(
@@ -202,13 +210,13 @@ class ShardRunner:
         except BaseException:
             writer.fail()
             raise
-        truncated = sum(e.truncated for e in items)
+        truncated = sum(e.truncated for e in encoded)
         self._stages["write"] = writer.write_seconds
         return ShardResult(
             shard,
             path.name,
             writer.rows,
-            examples,
+            len(examples),
             tokens,
             padded,
             truncated,
@@ -217,29 +225,71 @@ class ShardRunner:
             self._stages,
         )
 
-    def _run_group(self, group: list[Encoded], rows: dict[Any, Row], errors: list) -> Any:
-        """Run one batch; if it fails, run its rows alone so only the bad rows are lost (this
-        also recovers a batch that ran out of memory)."""
+    def _units(self, encoded: list[Encoded], rows: dict[Any, Row], errors: list) -> list[list]:
+        """Check each example's rows and replicate them per sweep variant: a unit is one
+        example's pair of rows (or its one row) under one variant, and shares a batch."""
+        need = min_tokens(self.spec)
+        columns = sorted({col for col, _ in token_fields(self.spec)})
+        per_example: dict[Any, list[Encoded]] = {}
+        for e in encoded:
+            per_example.setdefault(e.example_id, []).append(e)
+        units: list[list[Encoded]] = []
+        for eid, members in per_example.items():
+            problem = None
+            if columns:
+                try:
+                    targets = token_targets(self.loaded.tokenizer, rows[eid].fields, columns)
+                    members = [replace(e, targets=targets) for e in members]
+                except ValueError as err:
+                    problem = f"token from the data: {err}"
+            lengths = [len(e.ids) for e in members]
+            fields = self.spec.data.pair.fields if self.spec.data.pair else ["text"]
+            if problem is None and min(lengths) == 0:
+                problem = "the text tokenizes to no tokens"
+            elif problem is None and self.loaded.kind != "tensor" and min(lengths) < need:
+                problem = f"{min(lengths)} tokens, but the ops' positions need at least {need}"
+            elif problem is None and self.same_length and len(set(lengths)) > 1:
+                sizes = ", ".join(f"{f} {n} tokens" for f, n in zip(fields, lengths))
+                problem = (
+                    f"pair rows of different lengths ({sizes}): {self.same_length[0]} copies "
+                    "whole values between them token by token; give data.pair.position_map, "
+                    "or positions on the op"
+                )
+            if problem is not None:
+                errors.append((eid, problem))
+                continue
+            for v in range(len(self.spec.variants)):
+                u = len(units)
+                units.append([replace(e, variant=v, unit=u) for e in members])
+        return units
+
+    def _run_group(self, units: list[list[Encoded]], rows: dict[Any, Row], errors: list) -> Any:
+        """Run one batch; if it fails, run its units (an example's pair under one variant) alone
+        so only the bad ones are lost (this also recovers a batch that ran out of memory)."""
         t = time.perf_counter()
-        batch = self._collate(group, rows)
+        batch = self._collate([e for u in units for e in u], rows)
         t_run, host = time.perf_counter(), self.interleaver.host_seconds
         self._stages["collate"] += t_run - t
         try:
             values, failure = self.interleaver.run(batch), None
-        except Exception as e:  # any failure is narrowed down to rows first
+        except Exception as e:  # any failure is narrowed down to units first
             values, failure = None, e
         to_host = self.interleaver.host_seconds - host
         self._stages["to_host"] += to_host
         self._stages["forward"] += time.perf_counter() - t_run - to_host
         if failure is not None:
-            if len(group) == 1:
-                e = failure
+            if len(units) == 1:
+                e, first = failure, units[0][0]
                 reason = str(e) if isinstance(e, OpError) else f"{type(e).__name__}: {e}"
-                errors.append((group[0].example_id, reason))
+                if self.spec.sweep:
+                    variant = self.spec.variants[first.variant]
+                    errors.append((first.example_id, f"[{variant.label}] {reason}", variant.index))
+                else:
+                    errors.append((first.example_id, reason))
                 if not isinstance(e, OpError):
-                    self._model_failures.append(f"row {group[0].example_id!r}: {reason}")
+                    self._model_failures.append(f"row {first.example_id!r}: {reason}")
                 return
-            for item in group:
-                yield from self._run_group([item], rows, errors)
+            for unit in units:
+                yield from self._run_group([unit], rows, errors)
             return
         yield batch, values

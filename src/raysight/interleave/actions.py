@@ -48,6 +48,8 @@ class SaveAction:
     dtype: str | None
     where: str
     steps: int | str | None = None  # generation steps (None: step 0)
+    tokens: dict[str, Any] | None = None  # metric reduce: a/b/token -> id or ("field", column)
+    variants: frozenset[int] | None = None  # sweep variants it applies to (None: all)
 
 
 @dataclass
@@ -58,6 +60,8 @@ class SetAction:
     positions: list[int] | None
     where: str
     steps: int | str | None = None  # generation steps (None: step 0)
+    from_row: int | None = None  # `from.row`: the pair member the value is copied from
+    variants: frozenset[int] | None = None
 
 
 @dataclass
@@ -66,6 +70,7 @@ class SkipAction:
     with_: Any  # Target, a spec value, or None (identity)
     where: str
     steps: int | str | None = None  # generation steps (None: step 0)
+    variants: frozenset[int] | None = None
 
 
 @dataclass
@@ -77,6 +82,7 @@ class GradAction:
     mode: str
     positions: list[int] | None
     where: str
+    variants: frozenset[int] | None = None
 
 
 @dataclass
@@ -95,7 +101,7 @@ class HookPlan:
     actions: dict[tuple[str, str], list[SaveAction | SetAction | GradAction]] = field(
         default_factory=dict
     )
-    skips: dict[str, SkipAction] = field(default_factory=dict)
+    skips: dict[str, list[SkipAction]] = field(default_factory=dict)  # per variant set
     sources: set[tuple[str, str]] = field(default_factory=set)  # (attr, module) values kept
     saves: list[SaveAction] = field(default_factory=list)
     stop_event: tuple[str, str] | None = None
@@ -103,6 +109,7 @@ class HookPlan:
     loss: LossAction | None = None
     generate: Any = None  # the spec's GenerateSpec when generating
     stop_ids: list[int] = field(default_factory=list)  # tokens that end a generated row
+    pair_fields: list[str] = field(default_factory=list)  # data.pair.fields, by member index
 
     @property
     def hooked(self) -> set[tuple[str, str]]:

@@ -9,6 +9,7 @@ running them for the other rows, on padding).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ def step_batch(batch: Batch) -> Batch:
     """The geometry of a step ≥ 1: one real token per row, no padding."""
     n = batch.size
     ids = torch.zeros((n, 1), dtype=torch.long)
-    return Batch(batch.example_ids, {"input_ids": ids}, [0] * n, [1] * n, None, batch.texts)
+    one = {"inputs": {"input_ids": ids}, "starts": [0] * n, "lengths": [1] * n}
+    return replace(batch, **one, token_ids=None, pos_maps=None)
 
 
 class _RowSampler:

@@ -22,7 +22,19 @@ from .actions import GradAction, HookPlan, SaveAction, SetAction, SkipAction, Ta
 from .generation import assemble, generate, step_batch
 from .gradients import backward
 from .host import to_host
-from .rows import Ctx, OpError, batched, extract, has_seq, map_rows, own, reduce_last, row_view
+from .pairs import metric, set_from_row
+from .rows import (
+    Ctx,
+    OpError,
+    batched,
+    extract,
+    has_seq,
+    map_rows,
+    own,
+    reduce_last,
+    row_view,
+    select_rows,
+)
 from .selectors import (
     SelectError,
     abs_positions,
@@ -51,7 +63,7 @@ class Interleaver:
         self.host_seconds = 0.0  # time spent copying saves off the device, all batches
         self._steps: dict[int, set[int]] = {}  # id(action) -> generation steps it applies to
         if plan.generate is not None:
-            every = [a for acts in plan.actions.values() for a in acts] + [*plan.skips.values()]
+            every = [a for acts in [*plan.actions.values(), *plan.skips.values()] for a in acts]
             n = plan.generate.max_new_tokens
             self._steps = {id(a): set(step_range(a.steps, n)) for a in every}
 
@@ -67,7 +79,10 @@ class Interleaver:
             data = map_rows(data, torch.clone)  # a view of the live tensor otherwise
         for name in act.apply:
             data = map_rows(data, self.modules[name].forward)  # direct call: no hooks fire
-        red = map_rows(data, lambda t: reduce_last(t, act.reduce))
+        if act.tokens is not None:
+            red = metric(data, act.tokens, next(iter(type(act.reduce).model_fields)), ctx)
+        else:
+            red = map_rows(data, lambda t: reduce_last(t, act.reduce))
         cast = (lambda t: t.to(_DTYPES[act.dtype])) if act.dtype else (lambda t: t)
         if isinstance(act.reduce, TopK):
             if torch.is_tensor(data):
@@ -151,15 +166,27 @@ class Interleaver:
     # ------------------------------------------------------------------ hooks
     def _apply(self, key: tuple[str, str], value: Any, ctx: Ctx) -> Any:
         for act in self.plan.actions.get(key, ()):
-            if not self._on(act, ctx):
+            idx = ctx.rows_for(act)
+            if not self._on(act, ctx) or idx == []:
                 continue
             try:
-                if isinstance(act, SaveAction):
-                    self._save(value, act, ctx)
+                if isinstance(act, SetAction) and act.from_row is not None:
+                    value = set_from_row(value, act, ctx, idx, self._combine)
                 elif isinstance(act, GradAction):
-                    value = self._grad(value, act, ctx)
-                else:
-                    value = self._set(value, act, ctx)
+                    value = self._grad(value, act, ctx, idx)
+                elif idx is None:
+                    if isinstance(act, SaveAction):
+                        self._save(value, act, ctx)
+                    else:
+                        value = self._set(value, act, ctx)
+                else:  # a sweep variant's op: run it on its rows only
+                    sub, part = ctx.sub(idx), select_rows(value, idx, ctx.size)
+                    if isinstance(act, SaveAction):
+                        self._save(part, act, sub)
+                        ctx.put_rows(sub.results, idx)
+                    else:
+                        new = self._set(part, act, sub)
+                        value = _merge_rows(value, new, act.target, idx, ctx)
             except (SelectError, ValueError, RuntimeError, IndexError) as e:
                 raise OpError(f"{act.where} ({act.target.label}): {e}") from e
         if key in self.plan.sources:
@@ -168,7 +195,7 @@ class Interleaver:
             ctx.loss_value = value
         return value
 
-    def _grad(self, value: Any, act: GradAction, ctx: Ctx) -> Any:
+    def _grad(self, value: Any, act: GradAction, ctx: Ctx, idx: list[int] | None) -> Any:
         """Hook the site's tensor so its gradient is saved or set when the loss is
         differentiated; a value no grad flows into yet becomes a leaf that requires one."""
         path, groups = split_index(act.target.index, value, act.target.primary)
@@ -181,18 +208,27 @@ class Interleaver:
         @torch.no_grad()
         def hook(g: torch.Tensor) -> torch.Tensor | None:
             ctx.fired.add(id(act))
+            sub, part = (ctx, g) if idx is None else (ctx.sub(idx), g[idx])
             try:
                 if act.kind == "set":
                     set_ = SetAction(local, act.value, act.mode, act.positions, act.where)
-                    return self._set(g, set_, ctx)
+                    new = self._set(part, set_, sub)
+                    if idx is None:
+                        return new
+                    full = g.clone()
+                    full[idx] = new
+                    return full
                 if act.kind == "save":
-                    self._save(g, replace(act.out, target=local), ctx)
+                    self._save(part, replace(act.out, target=local), sub)
                 else:
-                    data = extract(g * activation, local, act.positions, ctx)
+                    act_rows = activation if idx is None else activation[idx]
+                    data = extract(part * act_rows, local, act.positions, sub)
                     cast = _DTYPES.get(act.out.dtype)
-                    ctx.results[act.out.column] = map_rows(
+                    sub.results[act.out.column] = map_rows(
                         data, lambda t: t.sum(-1).to(cast) if cast else t.sum(-1)
                     )
+                if idx is not None:
+                    ctx.put_rows(sub.results, idx)
             except (SelectError, ValueError, RuntimeError, IndexError) as e:
                 raise OpError(f"{act.where} ({act.target.label}.grad): {e}") from e
             return None
@@ -227,38 +263,53 @@ class Interleaver:
 
         return hook
 
-    def _skip_forward(self, sk: SkipAction, ctx: Ctx, original: Any):
-        n_out = self.plan.tuple_outputs.get(sk.module)
-
+    def _skip_forward(self, skips: list[SkipAction], ctx: Ctx, original: Any):
         def forward(*args, **kwargs):
-            if not self._on(sk, ctx):  # a generation step the skip does not apply to
+            live = [(sk, ctx.rows_for(sk)) for sk in skips if self._on(sk, ctx)]
+            live = [(sk, idx) for sk, idx in live if idx != []]
+            if not live:  # a generation step or a sweep variant the skip does not apply to
                 return original(*args, **kwargs)
-            first = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
-            if sk.with_ is None:
-                out = first
-            elif isinstance(sk.with_, Target):
-                path, groups = split_index(
-                    sk.with_.index, ctx.store[sk.with_.key], sk.with_.primary
+            if live[0][1] is None:
+                return self._skip_value(live[0][0], ctx, args, kwargs)
+            # Some rows skip: run the module for the batch, then replace those rows' output.
+            out = original(*args, **kwargs)
+            main = out[0] if isinstance(out, tuple) else out
+            main = main.clone()
+            for sk, idx in live:
+                sub = ctx.sub(idx)
+                part = self._skip_value(
+                    sk, sub, select_rows(args, idx, ctx.size), select_rows(kwargs, idx, ctx.size)
                 )
-                if groups:
-                    raise SelectError(
-                        f"{sk.where}.with: '{sk.with_.label}' must be a whole value (a tuple "
-                        "element at most): a skipped module's output replaces the whole batch"
-                    )
-                out = container_get(ctx.store[sk.with_.key], path)
-            else:
-                like = torch.zeros_like(first)
-                act = SetAction(
-                    Target(sk.module, "output", False, (), sk.module),
-                    sk.with_,
-                    "replace",
-                    None,
-                    sk.where,
-                )
-                out = self._set(like, act, ctx)
-            return (out, *([None] * (n_out - 1))) if n_out else out
+                main[idx] = (part[0] if isinstance(part, tuple) else part).to(main.dtype)
+            return (main, *out[1:]) if isinstance(out, tuple) else main
 
         return forward
+
+    def _skip_value(self, sk: SkipAction, ctx: Ctx, args: tuple, kwargs: dict) -> Any:
+        """What a skipped module returns: its `with` value, or its first input."""
+        n_out = self.plan.tuple_outputs.get(sk.module)
+        first = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
+        if sk.with_ is None:
+            out = first
+        elif isinstance(sk.with_, Target):
+            path, groups = split_index(sk.with_.index, ctx.store[sk.with_.key], sk.with_.primary)
+            if groups:
+                raise SelectError(
+                    f"{sk.where}.with: '{sk.with_.label}' must be a whole value (a tuple "
+                    "element at most): a skipped module's output replaces the whole batch"
+                )
+            out = container_get(ctx.store[sk.with_.key], path)
+        else:
+            like = torch.zeros_like(first)
+            act = SetAction(
+                Target(sk.module, "output", False, (), sk.module),
+                sk.with_,
+                "replace",
+                None,
+                sk.where,
+            )
+            out = self._set(like, act, ctx)
+        return (out, *([None] * (n_out - 1))) if n_out else out
 
     # ------------------------------------------------------------------ run
     def run(self, batch: Batch, probe: bool = False) -> dict[str, Any]:
@@ -266,6 +317,7 @@ class Interleaver:
         one forward with every op, whatever its generation steps."""
         ctx = Ctx(batch, self.loaded.kind != "tensor")
         ctx.generating = self.plan.generate is not None and not probe
+        ctx.pair_fields = self.plan.pair_fields
         per_step: dict[int, dict[str, Any]] = {}
         handles, patched = [], []
         try:
@@ -276,16 +328,16 @@ class Interleaver:
             for name in {m for a, m in keys if a != "output"}:
                 hook = self._pre_hook(name, keys, ctx)
                 handles.append(self.modules[name].register_forward_pre_hook(hook, with_kwargs=True))
-            for name, sk in self.plan.skips.items():
+            for name, skips in self.plan.skips.items():
                 mod = self.modules[name]
                 patched.append((mod, mod.__dict__.get("forward")))
-                mod.forward = self._skip_forward(sk, ctx, mod.forward)
+                mod.forward = self._skip_forward(skips, ctx, mod.forward)
             if ctx.generating:
                 root = self.loaded.module
                 handles.append(root.register_forward_pre_hook(self._step_hook(ctx, per_step)))
                 with torch.inference_mode():
                     new = generate(self.loaded, self.plan, batch, self._hooks_logits(keys))
-                per_step[ctx.step] = ctx.results
+                per_step[ctx.step] = ctx.finish()
                 ctx.results = assemble(self.plan, per_step, new)
                 return self._to_host(ctx)
             inputs = {k: v.to(self.loaded.device) for k, v in batch.inputs.items()}
@@ -311,6 +363,7 @@ class Interleaver:
         return self._to_host(ctx)
 
     def _to_host(self, ctx: Ctx) -> dict[str, Any]:
+        ctx.finish()
         t0 = time.perf_counter()
         out = to_host(ctx.results)
         self.host_seconds += time.perf_counter() - t0
@@ -324,8 +377,8 @@ class Interleaver:
             if first[0]:
                 first[0] = False
                 return
-            per_step[ctx.step] = ctx.results
-            ctx.results = {}
+            per_step[ctx.step] = ctx.finish()
+            ctx.results, ctx.masks = {}, {}
             if ctx.step == 0:
                 ctx.batch = step_batch(ctx.batch)
             ctx.step += 1
@@ -338,3 +391,11 @@ class Interleaver:
         head = getattr(self.loaded.module, "get_output_embeddings", lambda: None)()
         names = {m for _, m in keys} | set(self.plan.skips)
         return head is not None and any(self.modules.get(n) is head for n in names)
+
+
+def _merge_rows(value: Any, new: Any, tgt: Target, idx: list[int], ctx: Ctx) -> Any:
+    """``value`` with rows ``idx`` of the target tensor taken from ``new`` (those rows only)."""
+    path, _ = split_index(tgt.index, value, tgt.primary)
+    full = batched(container_get(value, path), ctx, tgt.label).clone()
+    full[idx] = container_get(new, path).to(full.dtype)
+    return container_set(value, path, full)

@@ -14,8 +14,10 @@ import torch
 
 from ..models.loading import LoadedModel, meta_safe
 from ..spec.backward import FieldRef, GradOp, MeanLoss, SumLoss, loss_kind
-from ..spec.models import CacheOp, FromValue, SaveOp, SetOp, SkipOp, Spec, TopK
+from ..spec.models import CacheOp, FromValue, SaveOp, SetOp, SkipOp, Spec, TopK, Variant
+from ..spec.reduce import metric_refs
 from ..spec.sites import SiteError, expand_module_pattern, parse_module_site, parse_value_site
+from ..spec.variants import RESERVED
 from .actions import GradAction, HookPlan, LossAction, SaveAction, SetAction, SkipAction, Target
 
 __all__ = [
@@ -28,7 +30,7 @@ __all__ = [
     "SetAction",
     "SkipAction",
     "Target",
-    "resolve",
+    "resolve_variant",
     "sample_inputs",
     "trace_tree",
 ]
@@ -131,24 +133,16 @@ def _expand(pattern: str, loaded: LoadedModel, tree: ModuleTree) -> list[tuple[s
 
 
 class _Resolver:
-    def __init__(self, spec: Spec, loaded: LoadedModel, tree: ModuleTree):
-        self.spec, self.loaded, self.tree = spec, loaded, tree
+    def __init__(self, spec: Spec, loaded: LoadedModel, tree: ModuleTree, variant: Variant):
+        self.spec, self.loaded, self.tree, self.variant = spec, loaded, tree, variant
         self.problems: list[str] = []
-        self.plan = HookPlan(tuple_outputs=dict(tree.tuple_outputs))
+        pairs = spec.data.pair.fields if spec.data.pair else []
+        self.plan = HookPlan(tuple_outputs=dict(tree.tuple_outputs), pair_fields=list(pairs))
         self.source_uses: list[tuple[Target, str]] = []
-
-    #: identity columns every dataset has (plan.identity_fields); saves may not take their names
-    RESERVED = (
-        "example_id",
-        "n_tokens",
-        "input_ids",
-        "text",
-        "position",
-        "token_id",
-        "n_generated",
-        "generated_ids",
-        "generated_text",
-    )
+        # identity columns (plan.identity_fields) and sweep axes: saves may not take their names
+        self.reserved = (*RESERVED, *(spec.sweep or {}))
+        # a templated save's column is the same in every variant (spec.variants)
+        self.column_of = {f"ops.{i}": name for i, name in variant.columns.items()}
 
     def fail(self, where: str, msg: str) -> None:
         self.problems.append(f"{where}: {msg}")
@@ -187,7 +181,11 @@ class _Resolver:
     def add(self, action: SaveAction | SetAction | GradAction) -> None:
         self.plan.actions.setdefault(action.target.key, []).append(action)
 
-    def source(self, site: str, target_event: tuple[str, str], where: str) -> Target | None:
+    def source(
+        self, site: str, target_event: tuple[str, str], where: str, row: bool = False
+    ) -> Target | None:
+        """The site a value is copied from; it must run before the target (or, for a copy from
+        a paired row, may be the target's own site: the partner's value is in the same call)."""
         found = self.targets(site, where)
         if len(found) != 1:
             if found:
@@ -196,6 +194,8 @@ class _Resolver:
         src = found[0]
         si = self.tree.event_index(*src.event)
         ti = self.tree.event_index(*target_event)
+        if row and si == ti:
+            return src  # read from the hooked value itself: nothing to keep
         if si is not None and ti is not None and si >= ti:
             self.fail(
                 where,
@@ -209,9 +209,9 @@ class _Resolver:
 
     def resolve(self) -> HookPlan:
         self.loss()
-        for i, op in enumerate(self.spec.edits):
+        for i, op in enumerate(self.variant.edits):
             self.op(op, f"edits.{i}")
-        for i, op in enumerate(self.spec.ops):
+        for i, op in enumerate(self.variant.ops):
             self.op(op, f"ops.{i}")
         self.check_skips()
         self.check_columns()
@@ -231,7 +231,7 @@ class _Resolver:
             self.save(op, where)
         elif isinstance(op, CacheOp):
             for raw, shown in self.modules(op.cache, where):
-                name = f"{op.as_}.{shown}" if op.as_ else shown
+                name = f"{op.as_}.{shown}" if op.as_ else self.column_of.get(where, shown)
                 tgt = Target(raw, "output", self.loaded.names.translate(op.cache)[1], (), shown)
                 self.saves_add(
                     SaveAction(tgt, name, op.positions, [], None, op.dtype, where, op.steps)
@@ -240,12 +240,17 @@ class _Resolver:
             if op.positions is not None and "[" in op.set:
                 self.fail(where, "use positions or an index selector on a set, not both")
             for tgt in self.targets(op.set, f"{where}.set"):
-                value = op.value
+                value, row = op.value, None
                 if isinstance(value, FromValue):
-                    value = self.source(value.from_.site, tgt.event, f"{where}.value.from")
-                    if value is None:
+                    row = value.from_.row
+                    src = self.source(value.from_.site, tgt.event, f"{where}.value.from", bool(row))
+                    if src is None:
                         continue
-                self.add(SetAction(tgt, value, op.mode, op.positions, where, op.steps))
+                    value = src
+                from_row = None if row is None else self.plan.pair_fields.index(row)
+                self.add(
+                    SetAction(tgt, value, op.mode, op.positions, where, op.steps, from_row=from_row)
+                )
         elif isinstance(op, SkipOp):
             self.skip(op, where)
         elif isinstance(op, GradOp):
@@ -333,7 +338,7 @@ class _Resolver:
                 if op.as_ and pattern:
                     name = f"{op.as_}.{_wild_values(op.grad, tgt.label)}"
                 else:
-                    name = op.as_ or f"{tgt.label}.{suffix}"
+                    name = op.as_ or self.column_of.get(where, f"{tgt.label}.{suffix}")
                 save = SaveAction(tgt, name, op.positions, [], None, op.dtype, where)
                 self.plan.saves.append(save)
             self.add(GradAction(tgt, kind, save, op.value, op.mode, op.positions, where))
@@ -347,13 +352,17 @@ class _Resolver:
             if len(mods) > 1:
                 self.fail(f"{where}.apply", f"'{m}' names {len(mods)} modules; name one")
             apply += [raw for raw, _ in mods[:1]]
+        refs = metric_refs(op.reduce)
+        tokens = {k: self.token(r, f"{where}.reduce.{k}") for k, r in refs.items()} or None
         for tgt in found:
             if op.as_ and pattern:
                 name = f"{op.as_}.{_wild_values(op.save, tgt.label)}"
             else:
-                name = op.as_ or tgt.label
+                name = op.as_ or self.column_of.get(where, tgt.label)
             self.saves_add(
-                SaveAction(tgt, name, op.positions, apply, op.reduce, op.dtype, where, op.steps)
+                SaveAction(
+                    tgt, name, op.positions, apply, op.reduce, op.dtype, where, op.steps, tokens
+                )
             )
 
     def saves_add(self, action: SaveAction) -> None:
@@ -363,7 +372,7 @@ class _Resolver:
     def skip(self, op: SkipOp, where: str) -> None:
         for raw, _shown in self.modules(op.skip, f"{where}.skip"):
             if raw in self.plan.skips:
-                self.fail(where, f"'{raw}' is already skipped by {self.plan.skips[raw].where}")
+                self.fail(where, f"'{raw}' is already skipped by {self.plan.skips[raw][0].where}")
                 continue
             with_: Any = op.with_
             if isinstance(with_, str):
@@ -374,13 +383,13 @@ class _Resolver:
                 with_ = self.source(with_.from_.site, ("pre", raw), f"{where}.with.from")
                 if with_ is None:
                     continue
-            self.plan.skips[raw] = SkipAction(raw, with_, where, op.steps)
+            self.plan.skips[raw] = [SkipAction(raw, with_, where, op.steps)]
 
     def check_skips(self) -> None:
         uses = [(a.target, a.where) for acts in self.plan.actions.values() for a in acts]
         if self.plan.loss:
             uses.append((self.plan.loss.target, self.plan.loss.where))
-        for raw, sk in self.plan.skips.items():
+        for raw, (sk,) in self.plan.skips.items():
             for tgt, where in uses + self.source_uses:
                 if tgt.module.startswith(raw + "."):
                     self.fail(
@@ -394,8 +403,11 @@ class _Resolver:
         for s in self.plan.saves:
             names = [f"{s.column}_ids", f"{s.column}_values"]
             for name in names if isinstance(s.reduce, TopK) else [s.column]:
-                if name in self.RESERVED:
-                    self.fail(s.where, f"column '{name}' is an identity column; pick another `as`")
+                if name in self.reserved:
+                    self.fail(
+                        s.where,
+                        f"column '{name}' is an identity column or sweep axis; pick another `as`",
+                    )
                 elif name in seen:
                     self.fail(
                         s.where,
@@ -411,6 +423,9 @@ def _wild_values(pattern_site: str, label: str) -> str:
     return ".".join(g for p, g in zip(pat, got) if p == "*" or ":" in p)
 
 
-def resolve(spec: Spec, loaded: LoadedModel, tree: ModuleTree) -> HookPlan:
-    """The hook plan for ``spec`` on this model; raises :class:`PlanError` with every problem."""
-    return _Resolver(spec, loaded, tree).resolve()
+def resolve_variant(
+    spec: Spec, loaded: LoadedModel, tree: ModuleTree, variant: Variant
+) -> HookPlan:
+    """The hook plan for one sweep variant of ``spec``; raises :class:`PlanError` with every
+    problem."""
+    return _Resolver(spec, loaded, tree, variant).resolve()

@@ -7,12 +7,13 @@ row's neighbours and padding side.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..data.batching import Batch
+from ..data.batching import Batch, select
 from .actions import Target
 from .selectors import SelectError, abs_positions, container_get, split_index, to_torch_index
 
@@ -27,6 +28,7 @@ __all__ = [
     "reduce_last",
     "row_view",
     "rows",
+    "select_rows",
 ]
 
 
@@ -44,6 +46,9 @@ class Ctx:
     fired: set[int] = field(default_factory=set)  # ids of the grad actions whose hook ran
     step: int = 0  # generation step of the forward pass running now
     generating: bool = False
+    partial: dict[str, list] = field(default_factory=dict)  # column -> per-row values so far
+    masks: dict[int, list[int] | None] = field(default_factory=dict)  # id(action) -> its rows
+    pair_fields: list[str] = field(default_factory=list)  # data.pair.fields, for messages
 
     @property
     def size(self) -> int:
@@ -52,6 +57,77 @@ class Ctx:
     @property
     def width(self) -> int:
         return int(next(iter(self.batch.inputs.values())).shape[1]) if self.token_model else 0
+
+    def rows_for(self, act: Any) -> list[int] | None:
+        """The batch rows an action applies to: its sweep variants, and for a copy from a
+        paired row the pair's other rows. None means every row."""
+        key = id(act)
+        if key not in self.masks:
+            b, variants = self.batch, getattr(act, "variants", None)
+            src = getattr(act, "from_row", None)
+            idx = [
+                i
+                for i in range(self.size)
+                if (variants is None or (b.variants[i] if b.variants else 0) in variants)
+                and (src is None or b.members[i] != src)
+            ]
+            self.masks[key] = None if len(idx) == self.size else idx
+        return self.masks[key]
+
+    def sub(self, idx: list[int]) -> Ctx:
+        """A context over rows ``idx`` only; stored sources are read at those rows."""
+        c = Ctx(select(self.batch, idx), self.token_model, _RowsOf(self.store, idx, self.size))
+        c.step, c.generating, c.pair_fields = self.step, self.generating, self.pair_fields
+        return c
+
+    def put_rows(self, results: dict[str, Any], idx: list[int]) -> None:
+        """File a sub-context's saved values at their rows of this batch."""
+        for col, data in results.items():
+            slots = self.partial.setdefault(col, [None] * self.size)
+            for i, r in zip(idx, data):
+                slots[i] = r
+
+    def finish(self) -> dict[str, Any]:
+        """Every column's values, the ones saved row by row put together."""
+        for col, slots in self.partial.items():
+            missing = [i for i, r in enumerate(slots) if r is None]
+            if missing:
+                raise OpError(f"column '{col}': no value for batch rows {missing[:5]}")
+            same = len({tuple(r.shape) for r in slots}) == 1
+            self.results[col] = torch.stack(slots) if same else slots
+        self.partial = {}
+        return self.results
+
+
+class _RowsOf(Mapping):
+    """A read-only view of a store at some rows."""
+
+    def __init__(self, store: Mapping, idx: list[int], size: int):
+        self.store, self.idx, self.size = store, idx, size
+
+    def __getitem__(self, key: Any) -> Any:
+        return select_rows(self.store[key], self.idx, self.size)
+
+    def __iter__(self):
+        return iter(self.store)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+
+def select_rows(value: Any, idx: list[int], size: int) -> Any:
+    """Rows ``idx`` of every batched tensor in ``value`` (tuples, lists and dicts walked)."""
+    if torch.is_tensor(value):
+        if value.dim() >= 1 and value.shape[0] == size and size != 1:
+            return value[torch.tensor(idx, device=value.device)]
+        return value
+    if isinstance(value, tuple) and type(value) is tuple:
+        return tuple(select_rows(v, idx, size) for v in value)
+    if isinstance(value, list):
+        return [select_rows(v, idx, size) for v in value]
+    if isinstance(value, dict):
+        return {k: select_rows(v, idx, size) for k, v in value.items()}
+    return value
 
 
 def batched(x: torch.Tensor, ctx: Ctx, where: str) -> torch.Tensor:

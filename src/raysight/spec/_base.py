@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .sites import SiteError, parse_module_site, parse_value_site
+from .sweep import Placeholder, syntax_text
 
 __all__ = [
     "Dtype",
@@ -26,18 +27,24 @@ class _Strict(BaseModel):
     )
 
 
-def _value_site(v: str) -> str:
+def _checked(v: str, parse: Callable[[str], Any]) -> str:
+    """The canonical site text; a site with sweep placeholders is checked with each placeholder
+    read as 0 and kept as written (each variant is checked again once filled in)."""
     try:
-        return str(parse_value_site(v))
+        if isinstance(v, str) and ("{" in v or "}" in v):
+            parse(syntax_text(v))
+            return v
+        return str(parse(v))
     except SiteError as e:
         raise ValueError(str(e)) from None
+
+
+def _value_site(v: str) -> str:
+    return _checked(v, parse_value_site)
 
 
 def _module_site(v: str) -> str:
-    try:
-        return str(parse_module_site(v))
-    except SiteError as e:
-        raise ValueError(str(e)) from None
+    return _checked(v, parse_module_site)
 
 
 ValueSite = Annotated[str, Field(description="a value site, e.g. layers.5.output[:, -1]")]
@@ -51,11 +58,12 @@ def _nonempty(v: list[int] | None) -> list[int] | None:
 
 
 Positions = Annotated[
-    list[int] | None,
+    list[int | Placeholder] | None,
     AfterValidator(_nonempty),
     Field(
         description="Token positions among the row's real tokens (negative counts from the end), "
-        "whatever the padding side. Default: every token."
+        "whatever the padding side. Default: every token. With a sweep, an entry may be a "
+        "placeholder such as '{pos}'."
     ),
 ]
 

@@ -93,7 +93,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-_OP_TAGS = {"save", "set", "skip", "cache"}
+_OP_TAGS = {"save", "set", "skip", "cache", "grad"}
+_REDUCE_TAGS = {"topk", "logit_diff", "prob", "logprob"}
 _VALUE_TAGS = {"number", "zeros", "noise", "file", "from", "site"}
 
 
@@ -107,7 +108,8 @@ def _yaml_path(loc: tuple[Any, ...]) -> str:
             and (
                 (isinstance(prev, int) and part in _OP_TAGS and i + 1 < len(loc))
                 or (prev in ("value", "with") and part in _VALUE_TAGS)
-                or (prev == "reduce" and (part == "name" or (part == "topk" and i + 1 < len(loc))))
+                or (prev == "reduce" and part == "name")
+                or (prev == "reduce" and part in _REDUCE_TAGS and i + 1 < len(loc))
                 or not part.replace(
                     "_", ""
                 ).isalnum()  # e.g. "literal['argmax']", "function-after[…]"

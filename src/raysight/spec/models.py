@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     field_validator,
     model_validator,
@@ -21,6 +22,8 @@ from pydantic import (
 from ._base import Dtype, Positions, ValueSite, _module_site, _Strict, _value_site, tag_by_key
 from .backward import BackwardSpec, GradOp, MeanLoss, SumLoss
 from .generate import GenerateSpec, Steps, parse_steps
+from .reduce import Reduce, TopK
+from .sweep import Axis, Variant
 from .values import FileValue, FromValue, NoiseValue, Value, ZerosValue
 
 __all__ = [
@@ -35,12 +38,14 @@ __all__ = [
     "NoiseValue",
     "Op",
     "OutputSpec",
+    "PairSpec",
     "SaveOp",
     "SetOp",
     "SkipOp",
     "Spec",
     "TopK",
     "Value",
+    "Variant",
     "ZerosValue",
 ]
 
@@ -86,6 +91,24 @@ def _is_import_path(text: str) -> bool:
     return bool(mod and attr) and all(p.isidentifier() for p in mod.split(".") + attr.split("."))
 
 
+class PairSpec(_Strict):
+    fields: list[str] = Field(min_length=2)
+    """Text columns that make one pair (e.g. [clean, corrupt]): each record runs as one row per
+    field, side by side in one batch, so a set can copy a value from a paired row."""
+    position_map: str | None = None
+    """Column holding [[position in the first field's row, position in the second's], ...]
+    for pairs of different lengths (two fields only). Without it, rows are aligned by position
+    and a copy between rows of different lengths is a row error."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PairSpec:
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError(f"data.pair.fields {self.fields} repeats a field")
+        if self.position_map is not None and len(self.fields) != 2:
+            raise ValueError("data.pair.position_map relates two rows: give exactly two fields")
+        return self
+
+
 class DataSpec(_Strict):
     source: str | None = None
     """Input file: .jsonl, .parquet, or .txt (one prompt per line)."""
@@ -103,6 +126,8 @@ class DataSpec(_Strict):
     """Let the tokenizer add its special tokens (BOS, CLS/SEP), as a plain tokenizer call does."""
     limit: int | None = Field(None, ge=1)
     """Read only the first `limit` rows."""
+    pair: PairSpec | None = None
+    """Run each record as a pair of rows (e.g. clean and corrupt prompts) for patching."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -110,25 +135,12 @@ class DataSpec(_Strict):
             raise ValueError("give exactly one of data.source or data.prompts")
         if self.prompts is not None and len(self.prompts) == 0:
             raise ValueError("data.prompts is empty")
+        if self.pair is not None and self.input_field is not None:
+            raise ValueError("data.pair runs text prompts; it cannot be used with data.input_field")
         return self
 
 
 # ----------------------------------------------------------------------------- ops
-class TopK(_Strict):
-    topk: int = Field(ge=1, le=100_000)
-    """Keep the k largest entries of the last dimension: `<as>_ids` and `<as>_values` columns."""
-
-
-Reduce = Annotated[
-    Annotated[Literal["argmax", "norm", "mean"], Tag("name")] | Annotated[TopK, Tag("topk")],
-    Discriminator(
-        lambda v: "name" if isinstance(v, str) else "topk",
-        custom_error_type="reduce",
-        custom_error_message="reduce is argmax, norm, mean or {topk: k}",
-    ),
-]
-
-
 class SaveOp(_Strict):
     save: ValueSite
     """Value site to save (wildcards and ranges expand to one column each)."""
@@ -139,7 +151,8 @@ class SaveOp(_Strict):
     """Modules called on the value before saving, in order (e.g. [final_norm, lm_head] for the
     logit lens). Their forward runs directly: no hooks fire."""
     reduce: Reduce | None = None
-    """Reduce the last dimension: argmax, topk {topk: k}, norm (L2) or mean."""
+    """Reduce the last dimension: argmax, topk {topk: k}, norm (L2), mean, or a metric on
+    logits: {logit_diff: {a, b}}, {prob: token}, {logprob: token}."""
     dtype: Dtype | None = None
     """Cast before saving; default: the value's own dtype."""
     steps: Steps = None
@@ -264,6 +277,10 @@ class Spec(_Strict):
     """Which model to load."""
     data: DataSpec
     """Which rows to run."""
+    sweep: dict[str, Axis] | None = None
+    """Axes (name: list of values, or an integer range 'a:b'); every combination is a variant,
+    whose ops have each placeholder ({name}, {name+k}, {name-k}) filled in. Variants of a row
+    run in the same batch; each output row carries its `variant` and the axis values."""
     edits: list[Edit] = []
     """Interventions applied to every row before any op (nnsight's model.edit())."""
     ops: list[Op] = []
@@ -278,9 +295,19 @@ class Spec(_Strict):
     execution: ExecutionSpec = ExecutionSpec()
     """How the run is executed."""
 
+    _variants: list[Variant] = PrivateAttr(default_factory=list)
+
+    @property
+    def variants(self) -> list[Variant]:
+        """The sweep's variants (one, holding the ops as written, without a sweep)."""
+        return self._variants
+
     @model_validator(mode="after")
     def _cross_field(self) -> Spec:
-        problems: list[str] = []
+        from .variants import expand
+
+        self._variants, problems = expand(self)
+        problems += self._pair_problems()
         names: dict[str, int] = {}
         for i, op in enumerate(self.ops):
             name = getattr(op, "as_", None)
@@ -322,6 +349,30 @@ class Spec(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _pair_problems(self) -> list[str]:
+        out = []
+        pair = self.data.pair
+        for section, ops in (("edits", self.edits), ("ops", self.ops)):
+            for i, op in enumerate(ops):
+                where = f"{section}.{i}"
+                value = getattr(op, "value", None)
+                if isinstance(op, SkipOp):
+                    value, where = op.with_, f"{where}.with"
+                elif value is not None:
+                    where = f"{where}.value"
+                row = value.from_.row if isinstance(value, FromValue) else None
+                if row is None:
+                    continue
+                if isinstance(op, SkipOp):
+                    out.append(f"{where}.from.row: a skip takes its own row's value; use a set")
+                elif pair is None:
+                    out.append(f"{where}.from.row: copying from another row needs data.pair")
+                elif row not in pair.fields:
+                    out.append(
+                        f"{where}.from.row: {row!r} is not one of data.pair.fields {pair.fields}"
+                    )
+        return out
 
     def _generation_problems(self) -> list[str]:
         gen, out = self.generate, []

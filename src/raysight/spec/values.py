@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator
 
 from ._base import ValueSite, _Strict, _value_site
+from .sweep import Placeholder
 
 __all__ = ["FileValue", "FromValue", "NoiseValue", "Value", "ZerosValue"]
 
@@ -34,8 +35,9 @@ class FileParams(_Strict):
     """A .npy (loaded with allow_pickle=False) or .safetensors file."""
     key: str | None = None
     """Tensor name inside a .safetensors file (optional when it holds one tensor)."""
-    scale: float = 1.0
-    """Multiply the tensor by this before use (e.g. a steering coefficient)."""
+    scale: float | Placeholder = 1.0
+    """Multiply the tensor by this before use (e.g. a steering coefficient; with a sweep, a
+    placeholder such as '{alpha}')."""
 
 
 class FileValue(_Strict):
@@ -46,13 +48,17 @@ class FileValue(_Strict):
 class FromParams(_Strict):
     site: ValueSite
     """The value site to copy from; it must run before the target."""
+    row: str | None = None
+    """A pair member (one of data.pair.fields): copy the site's value from that row of the
+    example's pair, in the same batch (nnsight's invokes + barrier). The op then applies to the
+    pair's other rows. Default: the row itself."""
 
     _check = field_validator("site")(_value_site)
 
 
 class FromValue(_Strict):
     from_: FromParams = Field(alias="from")
-    """Another site's value in the same row (after the ops applied to it)."""
+    """Another site's value (after the ops applied to it), in the same row or a paired one."""
 
     @field_validator("from_", mode="before")
     @classmethod
@@ -61,8 +67,8 @@ class FromValue(_Strict):
 
 
 def _value_tag(v: Any) -> str | None:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return "number"
+    if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+        return "number"  # a string here is a sweep placeholder
     keys = (
         set(v)
         if isinstance(v, dict)
@@ -75,7 +81,7 @@ def _value_tag(v: Any) -> str | None:
 
 
 Value = Annotated[
-    Annotated[float, Tag("number")]
+    Annotated[float | Placeholder, Tag("number")]
     | Annotated[ZerosValue, Tag("zeros")]
     | Annotated[NoiseValue, Tag("noise")]
     | Annotated[FileValue, Tag("file")]
@@ -83,7 +89,7 @@ Value = Annotated[
     Discriminator(
         _value_tag,
         custom_error_type="value",
-        custom_error_message="a value is a number or one of {zeros: true}, {noise: {std, seed}}, "
-        "{file: {path, key, scale}}, {from: site}",
+        custom_error_message="a value is a number (or a sweep placeholder) or one of "
+        "{zeros: true}, {noise: {std, seed}}, {file: {path, key, scale}}, {from: site}",
     ),
 ]

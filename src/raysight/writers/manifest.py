@@ -47,8 +47,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def append_errors(directory: Path, shard: int, errors: list[tuple[Any, str]]) -> None:
-    """Rewrite the error report with this shard's row errors replacing any earlier ones."""
+def append_errors(directory: Path, shard: int, errors: list[tuple]) -> None:
+    """Rewrite the error report with this shard's row errors replacing any earlier ones. An
+    error is (example_id, reason), or (example_id, reason, variant) for one sweep variant."""
     path = directory / ERRORS_FILE
     kept = []
     if path.exists():
@@ -56,7 +57,10 @@ def append_errors(directory: Path, shard: int, errors: list[tuple[Any, str]]) ->
             rec = json.loads(line)
             if rec.get("shard") != shard:
                 kept.append(rec)
-    kept += [{"shard": shard, "example_id": eid, "reason": why} for eid, why in errors]
+    for eid, why, *variant in errors:
+        kept.append({"shard": shard, "example_id": eid, "reason": why})
+        if variant:
+            kept[-1]["variant"] = variant[0]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         for rec in kept:

@@ -1,0 +1,143 @@
+"""Expand a spec's sweep into variants: each sweep point's edits and ops with the placeholders
+filled in and validated again, every problem reported once with its field and sweep point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from .sweep import MAX_VARIANTS, Variant, axis_values, fill, placeholder_names, points
+
+__all__ = ["RESERVED", "expand", "token_fields"]
+
+#: identity columns of a dataset: saves and sweep axes may not take their names
+RESERVED = (
+    "example_id",
+    "variant",
+    "row",
+    "n_tokens",
+    "input_ids",
+    "text",
+    "position",
+    "token_id",
+    "n_generated",
+    "generated_ids",
+    "generated_text",
+)
+_SITE_KEYS = ("save", "cache", "grad")
+
+
+def expand(spec: Any) -> tuple[list[Variant], list[str]]:
+    """The spec's variants (one, unchanged, without a sweep) and the problems found."""
+    from .load import _format_errors
+    from .models import Edit, Op
+
+    raw = {
+        "edits": [e.model_dump(mode="json", by_alias=True, exclude_unset=True) for e in spec.edits],
+        "ops": [o.model_dump(mode="json", by_alias=True, exclude_unset=True) for o in spec.ops],
+    }
+    axes = spec.sweep or {}
+    problems = _placeholder_problems(raw, axes)
+    if not axes:
+        return [Variant(0, {}, tuple(spec.edits), tuple(spec.ops))], problems
+    for name, axis in axes.items():
+        try:
+            axis_values(axis)
+        except ValueError as e:
+            problems.append(f"sweep.{name}: {e}")
+        if not name.isidentifier():
+            problems.append(f"sweep.{name}: an axis name is an identifier (letters, digits, _)")
+        elif name in RESERVED:
+            problems.append(f"sweep.{name}: '{name}' is an identity column; rename the axis")
+    if problems:
+        return [], problems
+    grid = points(axes)
+    if len(grid) > MAX_VARIANTS:
+        return [], [f"sweep: {len(grid)} variants; at most {MAX_VARIANTS}"]
+    adapters = {"edits": TypeAdapter(list[Edit]), "ops": TypeAdapter(list[Op])}
+    seen: dict[str, list[dict]] = {}  # problem -> the sweep points that have it
+    variants = []
+    for k, point in enumerate(grid):
+        filled: dict[str, Any] = {}
+        for section, items in raw.items():
+            try:
+                filled[section] = tuple(adapters[section].validate_python(fill(items, point)))
+            except ValidationError as e:
+                for p in _format_errors(e):
+                    seen.setdefault(f"{section}.{p}", []).append(point)
+            except ValueError as e:  # an offset on a non-integer axis
+                seen.setdefault(f"{section}: {e}", []).append(point)
+        if len(filled) == 2:
+            variants.append(Variant(k, point, filled["edits"], filled["ops"], _columns(raw)))
+    for p, where in seen.items():
+        more = f" and {len(where) - 1} more" if len(where) > 1 else ""
+        label = ", ".join(f"{a}={v!r}" for a, v in where[0].items())
+        problems.append(f"{p} (sweep point {label}{more})")
+    return variants, problems
+
+
+def _placeholder_problems(raw: dict[str, list[dict]], axes: dict) -> list[str]:
+    out = []
+    used: set[str] = set()
+    for section, items in raw.items():
+        for i, item in enumerate(items):
+            names = placeholder_names(item)
+            used |= names
+            unknown = sorted(names - set(axes))
+            if unknown and not axes:
+                out.append(
+                    f"{section}.{i}: placeholder {{{unknown[0]}}} needs a sweep: section that "
+                    "names its values"
+                )
+            elif unknown:
+                out.append(
+                    f"{section}.{i}: {{{unknown[0]}}} is not a sweep axis (axes: {', '.join(axes)})"
+                )
+            key = next((k for k in _SITE_KEYS if k in item), None)
+            site = item.get(key, "") if key else ""
+            if names and key and placeholder_names(site) and _is_pattern(site):
+                out.append(
+                    f"{section}.{i}.{key}: a site cannot hold both a placeholder and a "
+                    "wildcard or range; sweep over the parts instead"
+                )
+    for name in axes:
+        if name not in used:
+            out.append(f"sweep.{name}: no op uses {{{name}}}")
+    return out
+
+
+def _is_pattern(site: str) -> bool:
+    module = site.split("[")[0]
+    return any(p == "*" or ":" in p for p in module.split("."))
+
+
+def _columns(raw: dict[str, list[dict]]) -> dict[int, str]:
+    """The column a templated save writes in every variant: its `as`, or the site as written
+    (`layers.{layer}.output`), so variants share one schema."""
+    out = {}
+    for i, item in enumerate(raw["ops"]):
+        key = next((k for k in _SITE_KEYS if k in item), None)
+        if key is None or not placeholder_names(item[key]) or item.get("as"):
+            continue
+        suffix = ""
+        if key == "grad":
+            suffix = ".attribution" if item.get("attribution") else ".grad"
+        out[i] = item[key] + suffix
+    return out
+
+
+def token_fields(spec: Any) -> list[tuple[str, str]]:
+    """(data column, field path) for every token read per row from the data: the loss's targets
+    and the metric reduces' tokens, over every variant."""
+    from .backward import FieldRef, loss_fields
+    from .reduce import metric_refs
+
+    out = list(loss_fields(spec.backward))
+    for variant in spec.variants:
+        for i, op in enumerate(variant.ops):
+            for name, ref in metric_refs(getattr(op, "reduce", None)).items():
+                item = (ref.field, f"ops.{i}.reduce.{name}") if isinstance(ref, FieldRef) else None
+                if item and item not in out:
+                    out.append(item)
+    return out
