@@ -224,3 +224,52 @@ def test_bad_generation_specs_name_the_field(tiny_dirs):
         make_spec(tiny_dirs["bert"], "o", [{"save": "layers.0.output"}], generate=gen)
     )
     assert "generate: generation needs a causal language model" in msg
+
+
+def test_swept_steering_during_generation_matches_plain_hooks(tiny_dirs, tiny_models, run_spec):
+    """Three steering coefficients as sweep variants of every row, generated in the same
+    batches: each (row, coefficient) equals HF generate of the prompt alone with that hook."""
+    spec = make_spec(
+        tiny_dirs["llama"],
+        None,
+        [
+            {"set": "layers.1.output", "value": "{alpha}", "mode": "add", "steps": "all"},
+            {"save": "logits", "positions": [-1], "steps": "all", "as": "logits"},
+        ],
+        prompts=PROMPTS[:6],
+        generate={"max_new_tokens": 4},
+        execution=WIDE,
+    )
+    spec["sweep"] = {"alpha": [0.0, 0.5, -1.0]}
+    ds = run_spec(spec)
+    t = ds.table()
+    keys = list(zip(*(t.column(c).to_pylist() for c in ("example_id", "alpha"))))
+    assert sorted(keys) == sorted((i, a) for i in range(6) for a in (0.0, 0.5, -1.0))
+    ids, logits = t.column("generated_ids").to_pylist(), ds.to_torch("logits")
+    model, tok = tiny_models["llama"]
+    for k, (eid, alpha) in enumerate(keys):
+        seen = []
+
+        def add(step_of, alpha=alpha):
+            return lambda m, a, o: o + alpha
+
+        def keep(step_of, seen=seen):
+            return lambda m, a, o: seen.append(o[0, -1:].clone())
+
+        ref = _hf_alone(model, tok, PROMPTS[eid], 4, [("model.layers.1", add), ("lm_head", keep)])
+        n = len(ids[k])
+        assert ids[k] == ref[:n]
+        torch.testing.assert_close(logits[k], torch.stack(seen[:n]), atol=1e-5, rtol=1e-4)
+
+
+def test_a_skip_only_some_variants_make_is_refused_in_generation(tiny_dirs):
+    spec = make_spec(
+        tiny_dirs["llama"],
+        "",
+        [{"skip": "layers.{layer}"}, {"save": "logits", "positions": [-1]}],
+        generate={"max_new_tokens": 2},
+    )
+    spec["sweep"] = {"layer": [1, 2]}
+    assert "ops.0: a skip that only some sweep variants make cannot run during generate" in (
+        plan_problems(spec)
+    )

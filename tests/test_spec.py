@@ -192,6 +192,31 @@ def test_builder_records_gradients_as_nnsight_writes_them():
     assert parse_spec(yaml.safe_load(b.to_yaml())) == spec
 
 
+def test_builder_records_sweeps_and_pairs():
+    pair = {
+        "prompts": [{"clean": "a b", "corrupt": "c d"}],
+        "pair": {"fields": ["clean", "corrupt"]},
+    }
+    b = SpecBuilder(model="m", data=pair, output="out/x").sweep(layer=range(0, 6, 2), pos=[-1, 0])
+    with b.trace() as t:
+        h = t.layers["{layer}"].output
+        h.set(h.of("clean"), positions=["{pos}"])
+        t.layers[0].mlp.output *= "{pos}"
+        t.lm_head.output.save("last", positions=[-1], reduce={"logit_diff": {"a": " x", "b": " y"}})
+    spec = b.spec()
+    assert spec.sweep == {"layer": "0:6:2", "pos": [-1, 0]}
+    assert [v.values for v in spec.variants][:3] == [
+        {"layer": 0, "pos": -1},
+        {"layer": 0, "pos": 0},
+        {"layer": 2, "pos": -1},
+    ]
+    v = spec.variants[3]
+    assert v.ops[0].set == "layers.2.output" and v.ops[0].positions == [0]
+    assert v.ops[0].value.from_.row == "clean" and v.ops[0].value.from_.site == "layers.2.output"
+    assert v.ops[1].value == 0.0 and spec.ops[1].value == "{pos}"
+    assert parse_spec(yaml.safe_load(b.to_yaml())) == spec
+
+
 def test_json_schema_documents_every_field():
     schema = Spec.model_json_schema(by_alias=True)
     missing = []

@@ -62,6 +62,8 @@ def encode(tokenizer: Any, rows: list[Any], max_length: int, add_special: bool) 
             flat.append((r, None, r.payload))
         else:
             flat += [(r, m, t) for m, t in enumerate(texts)]
+    if not flat:  # a shard whose every row was unusable (a tokenizer cannot take [])
+        return []
     ids = tokenizer([t for _, _, t in flat], add_special_tokens=add_special, truncation=False)
     out = []
     for (row, member, text), toks in zip(flat, ids["input_ids"]):

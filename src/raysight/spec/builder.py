@@ -12,6 +12,11 @@
 ...         t.layers[1].output.grad *= 0.5
 >>> spec = b.spec()            # a validated Spec; spec round-trips through YAML
 
+Sweeps and pairs: ``b.sweep(layer=range(30))`` names an axis; ``t.layers["{layer}"]`` and the
+value ``"{alpha}"`` are its placeholders. With ``data={"pair": {"fields": ["clean", "corrupt"]}…}``,
+``x.of("clean")`` is the value ``x`` of the pair's clean row:
+``t.layers["{layer}"].output.set(t.layers["{layer}"].output.of("clean"), positions=["{pos}"])``.
+
 Module paths are the same strings a YAML spec uses: ``t.layers[5].mlp`` is ``layers.5.mlp``,
 ``t.layers["*"]`` a wildcard, ``t.layers[2:6]`` a range, ``t.model.layers[3]`` a raw path.
 """
@@ -24,6 +29,7 @@ from typing import Any
 from .load import dump_spec, parse_spec
 from .models import Spec
 from .sites import ATTRS, Slice, format_index
+from .sweep import PLACEHOLDER
 
 __all__ = ["GradRef", "ModuleRef", "SpecBuilder", "ValueRef", "file", "noise", "topk", "zeros"]
 
@@ -66,9 +72,11 @@ def _index_text(idx: Any) -> str:
 
 def _value(v: Any) -> Any:
     if isinstance(v, ValueRef):
-        return {"from": {"site": v.site}}
+        return {"from": {"site": v.site, **({"row": v.row} if v.row else {})}}
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
+    if isinstance(v, str) and PLACEHOLDER.fullmatch(v):
+        return v  # a sweep placeholder such as "{alpha}"
     if isinstance(v, dict):
         return v
     raise TypeError(
@@ -109,11 +117,15 @@ class _Recorder:
 class ValueRef:
     """A value site (``….output``, ``….input``, ``….inputs``), possibly indexed."""
 
-    def __init__(self, rec: _Recorder, site: str):
-        self._rec, self.site = rec, site
+    def __init__(self, rec: _Recorder, site: str, row: str | None = None):
+        self._rec, self.site, self.row = rec, site, row
 
     def __getitem__(self, idx: Any) -> ValueRef:
-        return ValueRef(self._rec, self.site + _index_text(idx))
+        return ValueRef(self._rec, self.site + _index_text(idx), self.row)
+
+    def of(self, row: str) -> ValueRef:
+        """This value in the pair's ``row`` (a data.pair field), as a source for a set."""
+        return ValueRef(self._rec, self.site, row)
 
     def __setitem__(self, idx: Any, value: Any) -> None:
         self._rec.set(self.site + _index_text(idx), value)
@@ -300,8 +312,18 @@ class SpecBuilder:
         self.data = {"prompts": list(data)} if isinstance(data, list) else dict(data)
         self.output = {"path": output} if isinstance(output, str) else dict(output)
         self.execution = dict(execution or {})
+        self._sweep: dict[str, Any] = {}
         self._ops = _Recorder(("save", "set", "skip", "cache", "grad"))
         self._edits = _Recorder(("set", "skip"))
+
+    def sweep(self, **axes: range | list[Any]) -> SpecBuilder:
+        """Sweep axes (``layer=range(30)``, ``pos=[-1, -2]``); their product is the variants."""
+        for name, values in axes.items():
+            if isinstance(values, range):
+                self._sweep[name] = f"{values.start}:{values.stop}:{values.step}"
+            else:
+                self._sweep[name] = list(values)
+        return self
 
     @contextmanager
     def trace(self):
@@ -315,6 +337,8 @@ class SpecBuilder:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"version": 1, "model": self.model, "data": self.data}
+        if self._sweep:
+            d["sweep"] = dict(self._sweep)
         if self._edits.ops:
             d["edits"] = list(self._edits.ops)
         d["ops"] = list(self._ops.ops)
