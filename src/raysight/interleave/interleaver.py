@@ -18,6 +18,7 @@ from ..data.batching import Batch
 from ..models.loading import LoadedModel
 from ..spec.generate import step_range
 from ..spec.models import FileValue, TopK, ZerosValue
+from ..spec.reduce import metric_kind
 from .actions import GradAction, HookPlan, SaveAction, SetAction, SkipAction, Target
 from .generation import assemble, generate, step_batch
 from .gradients import backward
@@ -80,7 +81,7 @@ class Interleaver:
         for name in act.apply:
             data = map_rows(data, self.modules[name].forward)  # direct call: no hooks fire
         if act.tokens is not None:
-            red = metric(data, act.tokens, next(iter(type(act.reduce).model_fields)), ctx)
+            red = metric(data, act.tokens, metric_kind(act.reduce), ctx)
         else:
             red = map_rows(data, lambda t: reduce_last(t, act.reduce))
         cast = (lambda t: t.to(_DTYPES[act.dtype])) if act.dtype else (lambda t: t)

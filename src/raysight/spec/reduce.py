@@ -14,7 +14,15 @@ from pydantic import Discriminator, Field, Tag
 from ._base import _Strict, tag_by_key
 from .backward import TokenRef
 
-__all__ = ["LogitDiffReduce", "LogprobReduce", "ProbReduce", "Reduce", "TopK", "metric_refs"]
+__all__ = [
+    "LogitDiffReduce",
+    "LogprobReduce",
+    "ProbReduce",
+    "Reduce",
+    "TopK",
+    "metric_kind",
+    "metric_refs",
+]
 
 
 class TopK(_Strict):
@@ -70,3 +78,9 @@ def metric_refs(reduce: Any) -> dict[str, Any]:
     if isinstance(reduce, LogprobReduce):
         return {"token": reduce.logprob}
     return {}
+
+
+def metric_kind(reduce: Any) -> str | None:
+    """logit_diff, prob or logprob for a metric reduce; None otherwise."""
+    kinds = {LogitDiffReduce: "logit_diff", ProbReduce: "prob", LogprobReduce: "logprob"}
+    return kinds.get(type(reduce))

@@ -1,0 +1,82 @@
+"""The model's module tree as one forward pass on the meta device records it: children, call
+order (pre/post events per module), call counts and which modules return tuples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..models.loading import LoadedModel, meta_safe
+
+__all__ = ["ModuleTree", "sample_inputs", "trace_tree"]
+
+
+@dataclass
+class ModuleTree:
+    children: dict[str, list[str]]
+    events: list[tuple[str, str]]  # ("pre" | "post", module) in execution order
+    calls: dict[str, int]
+    tuple_outputs: dict[str, int]  # module -> tuple length, for modules returning tuples
+
+    def event_index(self, kind: str, module: str) -> int | None:
+        try:
+            return self.events.index((kind, module))
+        except ValueError:
+            return None
+
+
+def sample_inputs(loaded: LoadedModel, sample: Any, length: int) -> dict[str, torch.Tensor]:
+    """Forward inputs for one unpadded row: ``length`` token ids, or the sample tensor."""
+    dev = loaded.device
+    if loaded.kind == "tensor":
+        return {"input": torch.as_tensor(sample, dtype=torch.float32).to(dev)[None]}
+    ids = torch.zeros((1, length), dtype=torch.long, device=dev)
+    inputs = {"input_ids": ids}
+    if loaded.kind == "causal":
+        inputs["position_ids"] = torch.arange(length, device=dev)[None]
+    return inputs
+
+
+def trace_tree(loaded: LoadedModel, sample: Any = None) -> ModuleTree:
+    """Record children, call order and tuple outputs with one meta-device forward."""
+    module = loaded.module
+    children: dict[str, list[str]] = {}
+    for name, mod in module.named_modules():
+        children[name] = [k for k, _ in mod.named_children()]
+    events: list[tuple[str, str]] = []
+    calls: dict[str, int] = {}
+    tuples: dict[str, int] = {}
+    handles = []
+
+    def pre(name: str):
+        def hook(mod, args):
+            events.append(("pre", name))
+            calls[name] = calls.get(name, 0) + 1
+
+        return hook
+
+    def post(name: str):
+        def hook(mod, args, out):
+            events.append(("post", name))
+            if isinstance(out, tuple) and type(out) is tuple:
+                tuples[name] = len(out)
+
+        return hook
+
+    try:
+        for name, mod in module.named_modules():
+            if name:
+                handles.append(mod.register_forward_pre_hook(pre(name)))
+                handles.append(mod.register_forward_hook(post(name)))
+        inputs = sample_inputs(loaded, sample, 6)
+        with torch.inference_mode(), meta_safe(loaded):
+            if loaded.kind == "tensor":
+                module(inputs["input"])
+            else:
+                module(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return ModuleTree(children, events, calls, tuples)
