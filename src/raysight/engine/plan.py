@@ -21,7 +21,7 @@ from ..spec.backward import CrossEntropyLoss
 from ..spec.generate import step_range
 from ..spec.models import Spec
 from ..spec.sweep import axis_values, has_placeholder
-from ..spec.variants import token_fields
+from ..spec.variants import site_key, token_fields
 from ..writers.encode import ColumnInfo, arrow_field
 
 __all__ = ["RunPlan", "identity_fields", "make_plan", "min_tokens"]
@@ -76,11 +76,10 @@ def _meta_batch(spec: Spec, loaded: LoadedModel, sample: Any, length: int) -> Ba
         for v in range(n_var)
         for m in members
     ]
-    batch = collate(items, 0, "left", loaded.kind == "causal")
+    causal = loaded.kind == "causal"
+    batch = collate(items, 0, "left" if causal else "right", causal)
     # no padding, so no attention mask (meta tensors cannot build one)
     inputs = {k: v.to(loaded.device) for k, v in batch.inputs.items() if k != "attention_mask"}
-    if "position_ids" in inputs and loaded.kind != "causal":
-        del inputs["position_ids"]
     return replace(batch, inputs=inputs)
 
 
@@ -153,7 +152,7 @@ def _site_text(spec: Spec, where: str) -> str | None:
     """The site as the spec writes it when it holds sweep placeholders (its variants differ)."""
     section, i = where.split(".")[:2]
     op = getattr(spec, section)[int(i)]
-    text = next(getattr(op, k) for k in ("save", "cache", "grad") if k in type(op).model_fields)
+    text = getattr(op, site_key(op))
     return text if has_placeholder(text) else None
 
 

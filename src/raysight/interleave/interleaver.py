@@ -293,13 +293,14 @@ class Interleaver:
         if sk.with_ is None:
             out = first
         elif isinstance(sk.with_, Target):
-            path, groups = split_index(sk.with_.index, ctx.store[sk.with_.key], sk.with_.primary)
+            stored = ctx.store[sk.with_.key]  # a sub-context selects its rows on each read
+            path, groups = split_index(sk.with_.index, stored, sk.with_.primary)
             if groups:
                 raise SelectError(
                     f"{sk.where}.with: '{sk.with_.label}' must be a whole value (a tuple "
                     "element at most): a skipped module's output replaces the whole batch"
                 )
-            out = container_get(ctx.store[sk.with_.key], path)
+            out = container_get(stored, path)
         else:
             like = torch.zeros_like(first)
             act = SetAction(

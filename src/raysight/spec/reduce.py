@@ -50,6 +50,7 @@ class LogprobReduce(_Strict):
     """The log-softmax of the last dimension at the token, per position."""
 
 
+_tag = tag_by_key(("topk", "logit_diff", "prob", "logprob"))
 Reduce = Annotated[
     Annotated[Literal["argmax", "norm", "mean"], Tag("name")]
     | Annotated[TopK, Tag("topk")]
@@ -57,11 +58,7 @@ Reduce = Annotated[
     | Annotated[ProbReduce, Tag("prob")]
     | Annotated[LogprobReduce, Tag("logprob")],
     Discriminator(
-        lambda v: (
-            "name"
-            if isinstance(v, str)
-            else tag_by_key(("topk", "logit_diff", "prob", "logprob"))(v)
-        ),
+        lambda v: "name" if isinstance(v, str) else _tag(v),
         custom_error_type="reduce",
         custom_error_message="reduce is argmax, norm, mean, {topk: k}, {logit_diff: {a, b}}, "
         "{prob: token} or {logprob: token}",

@@ -26,6 +26,7 @@ __all__ = [
     "fill",
     "has_placeholder",
     "placeholder_names",
+    "point_label",
     "points",
     "syntax_text",
 ]
@@ -62,7 +63,12 @@ class Variant:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.values.items())
+        return point_label(self.values)
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """A sweep point as messages show it: ``layer=3, pos=-1``."""
+    return ", ".join(f"{k}={v!r}" for k, v in point.items())
 
 
 def axis_values(axis: list | str) -> list:

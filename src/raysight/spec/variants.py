@@ -7,9 +7,18 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .sweep import MAX_VARIANTS, Variant, axis_values, fill, placeholder_names, points
+from ._base import tag_by_key
+from .sweep import (
+    MAX_VARIANTS,
+    Variant,
+    axis_values,
+    fill,
+    placeholder_names,
+    point_label,
+    points,
+)
 
-__all__ = ["RESERVED", "expand", "token_fields"]
+__all__ = ["RESERVED", "expand", "site_key", "token_fields"]
 
 #: identity columns of a dataset: saves and sweep axes may not take their names
 RESERVED = (
@@ -25,7 +34,7 @@ RESERVED = (
     "generated_ids",
     "generated_text",
 )
-_SITE_KEYS = ("save", "cache", "grad")
+site_key = tag_by_key(("save", "cache", "grad"))  # the key of an op that names a saved site
 
 
 def expand(spec: Any) -> tuple[list[Variant], list[str]]:
@@ -72,8 +81,7 @@ def expand(spec: Any) -> tuple[list[Variant], list[str]]:
             variants.append(Variant(k, point, filled["edits"], filled["ops"], _columns(raw)))
     for p, where in seen.items():
         more = f" and {len(where) - 1} more" if len(where) > 1 else ""
-        label = ", ".join(f"{a}={v!r}" for a, v in where[0].items())
-        problems.append(f"{p} (sweep point {label}{more})")
+        problems.append(f"{p} (sweep point {point_label(where[0])}{more})")
     return variants, problems
 
 
@@ -94,7 +102,7 @@ def _placeholder_problems(raw: dict[str, list[dict]], axes: dict) -> list[str]:
                 out.append(
                     f"{section}.{i}: {{{unknown[0]}}} is not a sweep axis (axes: {', '.join(axes)})"
                 )
-            key = next((k for k in _SITE_KEYS if k in item), None)
+            key = site_key(item)
             site = item.get(key, "") if key else ""
             if names and key and placeholder_names(site) and _is_pattern(site):
                 out.append(
@@ -117,7 +125,7 @@ def _columns(raw: dict[str, list[dict]]) -> dict[int, str]:
     (`layers.{layer}.output`), so variants share one schema."""
     out = {}
     for i, item in enumerate(raw["ops"]):
-        key = next((k for k in _SITE_KEYS if k in item), None)
+        key = site_key(item)
         if key is None or not placeholder_names(item[key]) or item.get("as"):
             continue
         suffix = ""
