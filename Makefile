@@ -29,7 +29,7 @@ quickstart: setup
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/python -m pytest -m "not gpu" -q
+	$(BIN)/python -m pytest -m "not gpu and not fuzz" -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q

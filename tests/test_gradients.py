@@ -192,7 +192,8 @@ def test_sequential_site_loss(run_spec):
             "backward": {"loss": {"mean": "4.output"}},
             "output": {"path": ""},
             "execution": {"runner": "local"},
-        }
+        },
+        allow_code=True,
     )
     model = tiny.sequential()
     got = by_id(ds, "g")

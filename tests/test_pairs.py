@@ -143,17 +143,25 @@ def test_patching_grid_equals_nested_loops_with_plain_hooks(arch, tiny_dirs, tin
     spec["sweep"] = {"layer": "0:3", "pos": [-1, -2, -4]}
     ds = run_spec(spec)
     t = ds.table()
-    assert t.num_rows == 3 * 9 * 2
-    assert "the ops' positions need at least 4" in ds.errors()[0]["reason"]
+    # the short pair loses only the 3 variants at pos -4; it is written in the other 6
+    assert t.num_rows == 3 * 9 * 2 + 6 * 2
+    errors = ds.errors()
+    assert sorted(e["variant"] for e in errors) == [2, 5, 8]
+    for e in errors:
+        assert e["example_id"] == 3 and e["reason"].startswith("[layer=")
+        assert "pos=-4] " in e["reason"] and "positions need at least 4" in e["reason"]
     keys = list(zip(*(t.column(c).to_pylist() for c in ("example_id", "row", "layer", "pos"))))
     diff, prob = ds.to_torch("diff"), ds.to_torch("p")
     grid = dict(zip(keys, zip(diff, prob)))
-    for k, pair in enumerate(pairs[:3]):
+    for k, pair in enumerate(pairs):
         target = tok(pair["target"], add_special_tokens=False)["input_ids"][0]
         paths = [f"{LAYER[arch]}.{i}" for i in range(3)]
         clean, clean_logits = run_alone(model, tok, pair["clean"], capture=paths)
         for layer in range(3):
             for pos in (-1, -2, -4):
+                if pair is PAIRS[2] and pos == -4:
+                    assert (k, "corrupt", layer, pos) not in grid
+                    continue
                 src = clean[paths[layer]][0, pos].clone()
 
                 def patch(o, src=src, pos=pos):

@@ -275,7 +275,7 @@ def test_sequential_factory_model(run_spec):
         "output": {"path": ""},
         "execution": {"runner": "local", "max_batch_rows": 4},
     }
-    ds = run_spec(spec)
+    ds = run_spec(spec, allow_code=True)
     ref = tiny.sequential(8)
     x = torch.from_numpy(xs)
     with torch.no_grad():
@@ -331,7 +331,8 @@ def test_saves_and_sources_survive_later_in_place_ops(run_spec):
             ],
             "output": {"path": ""},
             "execution": {"runner": "local"},
-        }
+        },
+        allow_code=True,
     )
     ref = tiny.sequential_inplace(8)
     x = torch.from_numpy(xs)

@@ -122,7 +122,8 @@ def test_sequential_matches_nnsight(run_spec):
             "ops": [{"set": "1.output", "value": 2.0, "mode": "scale"}, {"save": "3.output"}],
             "output": {"path": ""},
             "execution": {"runner": "local"},
-        }
+        },
+        allow_code=True,
     )
     model = nnsight.NNsight(tiny.sequential())
     with model.trace(torch.from_numpy(xs)):

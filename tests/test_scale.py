@@ -100,7 +100,7 @@ def test_a_killed_actor_is_replaced_and_its_shard_redone(ray_local, tmp_path, tr
 
     t = threading.Thread(target=killer)
     t.start()
-    raysight.run(flaky_spec(out, 40, 0.15, actors=2), log=lambda _: None)
+    raysight.run(flaky_spec(out, 40, 0.15, actors=2), log=lambda _: None, allow_code=True)
     t.join()
     assert killed, "the chaos thread found no actor to kill"
     assert_whole(out, 40)
@@ -126,7 +126,7 @@ def test_a_killed_driver_is_recovered_by_rerunning(tmp_path, trial):
         "RAY_TMPDIR": str(ray_tmp),
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     }
-    cmd = [sys.executable, "-m", "raysight.cli", "run", str(spec)]
+    cmd = [sys.executable, "-m", "raysight.cli", "run", str(spec), "--allow-code"]
     log = tmp_path / "driver.log"
     try:
         with log.open("w") as sink:

@@ -116,7 +116,7 @@ def test_cross_field_rules_name_the_fields():
             )
         )
     with pytest.raises(SpecError, match=r"exactly one of model\.path or model\.factory"):
-        parse_spec(spec_with(model={"path": "m", "factory": "a.b:c"}))
+        parse_spec(spec_with(model={"path": "m", "factory": "a.b:c"}), allow_code=True)
     with pytest.raises(SpecError, match=r"exactly one of data\.source or data\.prompts"):
         parse_spec(spec_with(data={}))
 

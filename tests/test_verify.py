@@ -29,7 +29,8 @@ def rows(n, poisoned=()):
 
 
 def test_a_bad_row_is_reported_and_its_shard_finishes(tmp_path):
-    raysight.run(flaky_spec(tmp_path / "o", rows(7, poisoned={4})), log=lambda _: None)
+    spec = flaky_spec(tmp_path / "o", rows(7, poisoned={4}))
+    raysight.run(spec, log=lambda _: None, allow_code=True)
     ds = raysight.open(tmp_path / "o")
     assert sorted(ds.table(["example_id"]).column(0).to_pylist()) == [0, 1, 2, 3, 5, 6]
     assert ds.errors() == [{"shard": 1, "example_id": 4, "reason": "RuntimeError: poisoned input"}]
@@ -39,7 +40,7 @@ def test_a_bad_row_is_reported_and_its_shard_finishes(tmp_path):
 def test_a_shard_that_keeps_failing_is_reported_and_finished_shards_are_kept(tmp_path, capsys):
     spec = flaky_spec(tmp_path / "o", rows(9, poisoned={3, 4, 5}), max_retries=1)
     with pytest.raises(RunFailed) as e:
-        raysight.run(spec, log=lambda _: None)
+        raysight.run(spec, log=lambda _: None, allow_code=True)
     msg = str(e.value)
     assert "1 shard(s) failed after 2 attempt(s)" in msg and "shard 1:" in msg
     assert "poisoned input" in msg and "2 finished shard(s) are kept" in msg
@@ -57,7 +58,7 @@ def test_a_shard_that_keeps_failing_is_reported_and_finished_shards_are_kept(tmp
 
 def test_verify_finds_missing_orphan_duplicated_and_unfinished_files(tmp_path, capsys):
     out = tmp_path / "o"
-    raysight.run(flaky_spec(out, rows(8)), log=lambda _: None)
+    raysight.run(flaky_spec(out, rows(8)), log=lambda _: None, allow_code=True)
     assert main(["verify", str(out)]) == 0
     shutil.copy(out / "part-00001.parquet", out / "part-00009.parquet")
     (out / ".part-00002.parquet.123.tmp").write_bytes(b"x")
@@ -70,7 +71,8 @@ def test_verify_finds_missing_orphan_duplicated_and_unfinished_files(tmp_path, c
     (out / "part-00000.parquet").unlink()
     problems = verify(out)
     assert problems and "shard 0: file part-00000.parquet is missing" in problems[0]
-    raysight.run(flaky_spec(out, rows(8)), log=lambda _: None)  # a rerun repairs it
+    # a rerun repairs it
+    raysight.run(flaky_spec(out, rows(8)), log=lambda _: None, allow_code=True)
     assert verify(out) == []
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out

@@ -38,16 +38,19 @@ __all__ = [
 ]
 
 
-def run(spec: Any, *, overwrite: bool = False, **kwargs: Any):
-    """Run a Spec (or a SpecBuilder, a dict, or a path to a YAML/JSON spec)."""
+def run(spec: Any, *, overwrite: bool = False, allow_code: bool = False, **kwargs: Any):
+    """Run a Spec (or a SpecBuilder, a dict, or a path to a YAML/JSON spec).
+
+    ``allow_code=True`` is the opt-in to ``model.factory`` / ``model.trust_remote_code`` in a
+    dict or file (a spec cannot opt in by itself; a builder holding a factory callable has)."""
     from .engine.run import run as _run
 
     if isinstance(spec, SpecBuilder):
         spec = spec.spec()
     elif isinstance(spec, dict):
-        spec = parse_spec(spec)
+        spec = parse_spec(spec, allow_code=allow_code)
     elif not isinstance(spec, Spec):
-        spec = load_spec(spec)
+        spec = load_spec(spec, allow_code=allow_code)
     return _run(spec, overwrite=overwrite, **kwargs)
 
 

@@ -27,6 +27,12 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a spec field, e.g. --set output.path=out/x (repeatable)",
     )
+    p.add_argument(
+        "--allow-code",
+        action="store_true",
+        help="let the spec import and run code: model.factory and model.trust_remote_code "
+        "(refused without this flag; see docs/security.md)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("verify", "inspect"):
         return _dataset_command(args)
     try:
-        spec = load_spec(args.spec, args.overrides)
+        spec = load_spec(args.spec, args.overrides, allow_code=args.allow_code)
         if args.command == "validate" and args.no_model:
             print(f"{args.spec}: spec OK (sites not checked against the model)")
             return 0
@@ -244,6 +250,7 @@ def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
             args.working_dir,
             args.runtime_env,
             wait=not args.no_wait,
+            allow_code=args.allow_code,
         )
     from .engine.run import run
 

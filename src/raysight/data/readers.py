@@ -51,6 +51,8 @@ def _records(spec: DataSpec, base: Path) -> list[Any]:
         path = base / path
     if not path.exists():
         raise DataError(f"data.source {spec.source!r}: file not found")
+    if not path.is_file():  # a FIFO blocks forever, /dev/zero never ends
+        raise DataError(f"data.source {spec.source!r}: not a regular file")
     suffix = path.suffix.lower()
     if suffix == ".txt":
         return path.read_text(encoding="utf-8").splitlines()

@@ -173,9 +173,11 @@ def _over_steps(shape: tuple, act: Any, n_steps: int) -> tuple[tuple, str | None
     return (None, *shape), None
 
 
-def min_tokens(spec: Spec) -> int:
-    """The fewest real tokens a row needs for every op's positions to exist (in every variant)."""
-    ops = [op for v in spec.variants for op in (*v.edits, *v.ops)]
+def min_tokens(spec: Spec, variant: int | None = None) -> int:
+    """The fewest real tokens a row needs for every op's positions to exist, in one sweep
+    variant (or in every variant)."""
+    chosen = spec.variants if variant is None else [spec.variants[variant]]
+    ops = [op for v in chosen for op in (*v.edits, *v.ops)]
     pos = [p for op in ops for p in (getattr(op, "positions", None) or [])]
     if spec.backward is not None:
         loss = spec.backward.loss

@@ -123,7 +123,9 @@ def run_on_ray(
     plan_ref = ray.put(plan)
 
     def new_actor():
-        return actor_cls.remote(spec_data, ids, sample, ex.cpus_per_actor, plan_ref)
+        return actor_cls.remote(
+            spec_data, ids, sample, ex.cpus_per_actor, plan_ref, allow_code=spec.allow_code
+        )
 
     pool = [new_actor() for _ in range(n)]
     queue = deque(todo)

@@ -60,9 +60,10 @@ class RunSummary:
 
     def __str__(self) -> str:
         tps = self.tokens / self.seconds if self.seconds else 0.0
+        where = f" (listed in {Path(self.path) / ERRORS_FILE})" if self.errors else ""
         return (
             f"{self.path}: {self.examples} examples -> {self.rows} rows in {self.shards} "
-            f"shard(s) ({self.shards_run} run now), {self.errors} row error(s), "
+            f"shard(s) ({self.shards_run} run now), {self.errors} row error(s){where}, "
             f"{self.tokens} tokens in {self.seconds:.1f} s ({tps:,.0f} tokens/s)"
         )
 
@@ -139,10 +140,13 @@ def run(
     t0 = time.perf_counter()
     out = Path(spec.output.path)
     digest = spec_hash(spec)
-    previous = _prepare_output(out, digest, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
     spec_data = spec_to_dict(spec)
-    write_json_atomic(out / SPEC_FILE, {"spec_hash": digest, "spec": spec_data})
+    try:
+        previous = _prepare_output(out, digest, overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / SPEC_FILE, {"spec_hash": digest, "spec": spec_data})
+    except OSError as e:  # under a file, in /proc, read-only, no space left...
+        raise OutputError(f"output.path {str(out)!r}: cannot write there ({e})") from None
 
     rows, bad, total = read_rows(spec.data, base_dir, token_fields(spec))
     ids = id_type(rows)
@@ -246,7 +250,7 @@ def _execute(
 
         run_on_ray(spec, spec_data, plan, ids, sample, todo, done, failed, address)
         return
-    runner = ShardRunner(spec_data, ids, sample, None, plan=plan)
+    runner = ShardRunner(spec_data, ids, sample, None, plan=plan, allow_code=spec.allow_code)
     for k, shard_rows, errs in todo:
         attempts = 0
         while True:

@@ -45,12 +45,16 @@ def submit(
     runtime_env: str | None = None,
     wait: bool = True,
     log: Callable[[str], None] = print,
+    allow_code: bool = False,
 ) -> int:
-    """Submit; with ``wait``, follow the logs and return 0 only if the job succeeded."""
+    """Submit; with ``wait``, follow the logs and return 0 only if the job succeeded.
+
+    ``allow_code`` is handed on to the job as ``--allow-code``: the opt-in is the submitter's,
+    on the command line, never the spec's."""
     from ray.job_submission import JobSubmissionClient
 
     overrides = overrides or []
-    load_spec(spec_path, overrides)  # raises SpecError listing every problem
+    load_spec(spec_path, overrides, allow_code=allow_code)  # raises SpecError with every problem
     wd = Path(working_dir).resolve()
     try:
         rel = Path(spec_path).resolve().relative_to(wd)
@@ -60,6 +64,8 @@ def submit(
     args = ["raysight", "run", rel.as_posix()]
     for item in overrides:
         args += ["--set", item]
+    if allow_code:
+        args.append("--allow-code")
     env = _runtime_env(wd, runtime_env)
     deadline = time.monotonic() + 60
     while True:

@@ -63,10 +63,12 @@ class ShardRunner:
         sample: Any,
         threads: int | None,
         plan: RunPlan | None = None,
+        allow_code: bool = False,
     ):
         if threads:
             torch.set_num_threads(threads)
-        self.spec = parse_spec(spec_data)
+        # allow_code is the driver's opt-in, handed on: the spec data alone cannot carry it
+        self.spec = parse_spec(spec_data, allow_code=allow_code)
         self.loaded = load_model(self.spec.model)
         if plan is None:
             meta = load_model(self.spec.model, meta=True)
@@ -228,7 +230,9 @@ class ShardRunner:
     def _units(self, encoded: list[Encoded], rows: dict[Any, Row], errors: list) -> list[list]:
         """Check each example's rows and replicate them per sweep variant: a unit is one
         example's pair of rows (or its one row) under one variant, and shares a batch."""
-        need = min_tokens(self.spec)
+        # each variant has its own positions: a row too short for one variant is an error for
+        # that variant only, and runs in the others
+        need = [min_tokens(self.spec, v) for v in range(len(self.spec.variants))]
         columns = sorted({col for col, _ in token_fields(self.spec)})
         per_example: dict[Any, list[Encoded]] = {}
         for e in encoded:
@@ -246,8 +250,6 @@ class ShardRunner:
             fields = self.spec.data.pair.fields if self.spec.data.pair else ["text"]
             if problem is None and min(lengths) == 0:
                 problem = "the text tokenizes to no tokens"
-            elif problem is None and self.loaded.kind != "tensor" and min(lengths) < need:
-                problem = f"{min(lengths)} tokens, but the ops' positions need at least {need}"
             elif problem is None and self.same_length and len(set(lengths)) > 1:
                 sizes = ", ".join(f"{f} {n} tokens" for f, n in zip(fields, lengths))
                 problem = (
@@ -259,9 +261,21 @@ class ShardRunner:
                 errors.append((eid, problem))
                 continue
             for v in range(len(self.spec.variants)):
+                if self.loaded.kind != "tensor" and min(lengths) < need[v]:
+                    short = f"{min(lengths)} tokens, but the ops' positions need at least {need[v]}"
+                    errors.append(self._row_error(eid, short, v))
+                    continue
                 u = len(units)
                 units.append([replace(e, variant=v, unit=u) for e in members])
         return units
+
+    def _row_error(self, example_id: Any, reason: str, variant: int) -> tuple:
+        """An error report entry: for one variant (labelled with its sweep point) under a
+        sweep, for the whole row without one."""
+        if not self.spec.sweep:
+            return (example_id, reason)
+        v = self.spec.variants[variant]
+        return (example_id, f"[{v.label}] {reason}", v.index)
 
     def _run_group(self, units: list[list[Encoded]], rows: dict[Any, Row], errors: list) -> Any:
         """Run one batch; if it fails, run its units (an example's pair under one variant) alone
@@ -281,11 +295,7 @@ class ShardRunner:
             if len(units) == 1:
                 e, first = failure, units[0][0]
                 reason = str(e) if isinstance(e, OpError) else f"{type(e).__name__}: {e}"
-                if self.spec.sweep:
-                    variant = self.spec.variants[first.variant]
-                    errors.append((first.example_id, f"[{variant.label}] {reason}", variant.index))
-                else:
-                    errors.append((first.example_id, reason))
+                errors.append(self._row_error(first.example_id, reason, first.variant))
                 if not isinstance(e, OpError):
                     self._model_failures.append(f"row {first.example_id!r}: {reason}")
                 return

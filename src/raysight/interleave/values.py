@@ -29,6 +29,8 @@ def load_tensor_file(path: str, key: str | None) -> torch.Tensor:
     p = Path(path)
     if not p.exists():
         raise ValueError_(f"tensor file {path!r} not found")
+    if not p.is_file():  # a FIFO would block, a device never end
+        raise ValueError_(f"tensor file {path!r} is not a regular file")
     if p.suffix == ".npy":
         try:
             arr = np.load(p, allow_pickle=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
 from .sites import SiteError, parse_module_site, parse_value_site
 from .sweep import Placeholder, syntax_text
@@ -23,7 +23,11 @@ __all__ = [
 
 class _Strict(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", use_attribute_docstrings=True, populate_by_name=True, frozen=True
+        extra="forbid",
+        use_attribute_docstrings=True,
+        populate_by_name=True,
+        frozen=True,
+        allow_inf_nan=False,  # NaN has no JSON form: _spec.json would not be JSON
     )
 
 
@@ -51,14 +55,21 @@ ValueSite = Annotated[str, Field(description="a value site, e.g. layers.5.output
 Dtype = Literal["float32", "float16", "bfloat16"]
 
 
+#: no row is longer than this many tokens (the bound of data.max_length)
+MAX_TOKENS = 1_048_576
+
+
 def _nonempty(v: list[int] | None) -> list[int] | None:
     if v is not None and not v:
         raise ValueError("positions is empty; omit it to mean every token")
+    for p in v or []:
+        if isinstance(p, int) and abs(p) > MAX_TOKENS:
+            raise ValueError(f"position {p} lies beyond any row (at most {MAX_TOKENS:,} tokens)")
     return v
 
 
 Positions = Annotated[
-    list[int | Placeholder] | None,
+    list[StrictInt | Placeholder] | None,  # strict: true is not position 1
     AfterValidator(_nonempty),
     Field(
         description="Token positions among the row's real tokens (negative counts from the end), "

@@ -298,17 +298,44 @@ class _Trace(ModuleRef):
         self._rec.add(op)
 
 
+def _factory_path(fn: Any) -> str:
+    """The import path (``pkg.module:name``) of a callable that an actor can import again."""
+    mod, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not mod or not name or "<" in name:
+        raise TypeError(
+            f"model={fn!r}: a model factory must be a module-level function or class "
+            "(an actor imports it again by name), not a lambda or a local function"
+        )
+    return f"{mod}:{name}"
+
+
 class SpecBuilder:
-    """Collects sections and recorded ops, and validates them into a :class:`Spec`."""
+    """Collects sections and recorded ops, and validates them into a :class:`Spec`.
+
+    ``model`` is a path, a ``model:`` section, or a callable that returns a ``torch.nn.Module``.
+    A callable is code the caller already holds, so handing it over is the opt-in to run it
+    (as ``allow_code=True`` is for a ``model.factory`` named in a dict).
+    """
 
     def __init__(
         self,
-        model: dict[str, Any] | str,
+        model: dict[str, Any] | str | Any,
         data: dict[str, Any] | list[str],
         output: dict[str, Any] | str,
         execution: dict[str, Any] | None = None,
+        *,
+        allow_code: bool = False,
     ):
-        self.model = {"path": model} if isinstance(model, str) else dict(model)
+        self.allow_code = allow_code
+        if isinstance(model, str):
+            self.model = {"path": model}
+        elif isinstance(model, dict):
+            self.model = dict(model)
+        elif callable(model):
+            self.model = {"factory": _factory_path(model)}
+            self.allow_code = True
+        else:
+            raise TypeError(f"model={model!r}: give a path, a model section or a factory")
         self.data = {"prompts": list(data)} if isinstance(data, list) else dict(data)
         self.output = {"path": output} if isinstance(output, str) else dict(output)
         self.execution = dict(execution or {})
@@ -327,12 +354,18 @@ class SpecBuilder:
 
     @contextmanager
     def trace(self):
-        """Record ops: ``with b.trace() as t: t.layers[3].output.save()``."""
+        """Record ops: ``with b.trace() as t: t.layers[3].output.save()``.
+
+        Each trace starts afresh and replaces the ops of an earlier one, as each nnsight trace
+        is its own: re-running a notebook cell must not apply a ``+=`` twice."""
+        self._ops = _Recorder(self._ops.allowed)
         yield _Trace(self._ops, "")
 
     @contextmanager
     def edit(self):
-        """Record edits, applied to every row before the ops (nnsight's model.edit())."""
+        """Record edits, applied to every row before the ops (nnsight's model.edit()); like a
+        trace, each ``edit()`` block replaces the edits of an earlier one."""
+        self._edits = _Recorder(self._edits.allowed)
         yield _Trace(self._edits, "")
 
     def to_dict(self) -> dict[str, Any]:
@@ -351,7 +384,7 @@ class SpecBuilder:
 
     def spec(self) -> Spec:
         """The validated spec (raises SpecError listing every problem)."""
-        return parse_spec(self.to_dict(), source="builder")
+        return parse_spec(self.to_dict(), source="builder", allow_code=self.allow_code)
 
     def to_yaml(self) -> str:
         return dump_spec(self.spec())

@@ -19,8 +19,10 @@ __all__ = ["GenerateSpec", "Steps", "parse_steps", "step_range"]
 
 def parse_steps(v: int | str) -> tuple[int, int | None, int]:
     """(start, stop, step) of a steps selector: ``all``, ``3``, ``"2:5"``, ``"::2"``, ``"1:"``."""
-    if isinstance(v, bool):
-        raise ValueError("steps is all, a step number or a slice like '2:5' or '::2'")
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise ValueError(
+            f"steps is all, a step number or a slice like '2:5' or '::2', not a {type(v).__name__}"
+        )
     if isinstance(v, int):
         if v < 0:
             raise ValueError(f"steps {v}: steps count from 0 (the prompt pass)")

@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .models import Spec
+from .models import ALLOW_CODE, Spec
+from .plain import PlainDataError, check_plain, load_json, load_yaml
 
 __all__ = [
     "SpecError",
@@ -40,6 +41,8 @@ class SpecError(ValueError):
 
 
 def _read(path: Path) -> Any:
+    if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
+        raise SpecError([f"spec file {path} is not a regular file"])
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -47,23 +50,14 @@ def _read(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError([f"cannot read spec file {path}: {e}"]) from None
     try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except json.JSONDecodeError as e:
-        raise SpecError(
-            [f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"], str(path)
-        ) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(e, "problem", None) or str(e)
-        raise SpecError([f"invalid YAML{where}: {what}"], str(path)) from None
+        return load_json(text) if path.suffix == ".json" else load_yaml(text)
+    except PlainDataError as e:
+        raise SpecError([str(e)], str(path)) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.0.c=value`` overrides (values parsed as YAML scalars/flow) to a spec dict."""
-    data = json.loads(json.dumps(data))  # a deep copy that also rejects non-JSON values early
+    data = json.loads(json.dumps(data))  # a deep copy (the caller checked the data is plain)
     problems = []
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -71,8 +65,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             problems.append(f"--set {item!r}: expected key.path=value")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = load_yaml(raw) if raw.strip() else ""
+        except PlainDataError:
             value = raw
         parts = key.strip().split(".")
         node: Any = data
@@ -127,6 +121,11 @@ def _format_errors(err: ValidationError) -> list[str]:
         loc = _yaml_path(e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
+            # the key itself, however it is spelled (MODEL, data-x, "a key")
+            key = str(e["loc"][-1])
+            key = key if key.isidentifier() else repr(key)
+            parent = _yaml_path((*e["loc"][:-1], "_")).removesuffix("_").rstrip(".")
+            loc = f"{parent}.{key}" if parent else key
             msg = "unknown key (check the spelling; `raysight schema` lists the keys)"
         line = f"{loc}: {msg}" if loc else msg
         if line not in out:
@@ -134,22 +133,39 @@ def _format_errors(err: ValidationError) -> list[str]:
     return out
 
 
-def parse_spec(data: Any, overrides: list[str] | None = None, source: str | None = None) -> Spec:
-    """Validate a spec given as a dict (after applying overrides)."""
+def parse_spec(
+    data: Any,
+    overrides: list[str] | None = None,
+    source: str | None = None,
+    *,
+    allow_code: bool = False,
+) -> Spec:
+    """Validate a spec given as a dict (after applying overrides).
+
+    ``allow_code`` is the caller's opt-in to ``model.factory`` and ``model.trust_remote_code``,
+    which import and run code; a spec cannot give it to itself.
+    """
     if not isinstance(data, dict):
         raise SpecError([f"a spec is a mapping of sections, got {type(data).__name__}"], source)
+    problems = check_plain(data)
+    if problems:
+        raise SpecError(problems, source)
     if overrides:
         data = apply_overrides(data, overrides)
+        if problems := check_plain(data):  # an override can be a YAML alias bomb too
+            raise SpecError(problems, source)
     try:
-        return Spec.model_validate(data)
+        return Spec.model_validate(data, context={ALLOW_CODE: allow_code})
     except ValidationError as e:
         raise SpecError(_format_errors(e), source) from None
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    """Load and validate a YAML or JSON spec file."""
+def load_spec(
+    path: str | Path, overrides: list[str] | None = None, *, allow_code: bool = False
+) -> Spec:
+    """Load and validate a YAML or JSON spec file (``allow_code``: see :func:`parse_spec`)."""
     path = Path(path)
-    return parse_spec(_read(path), overrides, str(path))
+    return parse_spec(_read(path), overrides, str(path), allow_code=allow_code)
 
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:

@@ -8,6 +8,7 @@ like the YAML: ``ops.2.set.value.noise.std``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -15,6 +16,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -27,6 +29,7 @@ from .sweep import Axis, Variant
 from .values import FileValue, FromValue, NoiseValue, Value, ZerosValue
 
 __all__ = [
+    "ALLOW_CODE",
     "BackwardSpec",
     "CacheOp",
     "DataSpec",
@@ -47,6 +50,7 @@ __all__ = [
     "Value",
     "Variant",
     "ZerosValue",
+    "code_allowed",
 ]
 
 
@@ -57,7 +61,9 @@ class ModelSpec(_Strict):
     gguf_file: str | None = None
     """A GGUF file inside `path` to load (needs the `gguf` package)."""
     factory: str | None = None
-    """Import path `pkg.module:callable` returning a torch.nn.Module (instead of `path`)."""
+    """Import path `pkg.module:callable` returning a torch.nn.Module (instead of `path`). This
+    imports and runs code, so it needs an opt-in outside the spec: `--allow-code` on the command
+    line, or `allow_code=True` in Python."""
     factory_kwargs: dict[str, Any] = {}
     """Keyword arguments for `factory` (JSON values only)."""
     tokenizer: str | None = None
@@ -65,15 +71,37 @@ class ModelSpec(_Strict):
     dtype: Literal["float32", "float16", "bfloat16", "auto"] = "float32"
     """Dtype the weights are loaded in."""
     device: str = "auto"
-    """'auto' (CUDA when the actor has a GPU, else CPU), 'cpu', 'cuda', 'cuda:1'…"""
+    """'auto' (CUDA when the actor has a GPU, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps', 'xpu'."""
     device_map: str | None = None
     """accelerate device_map (e.g. 'auto') for a model larger than one device."""
     revision: str | None = None
     """Hub revision (branch, tag or commit)."""
     trust_remote_code: bool = False
-    """Run code shipped with the model. Off unless the spec says so."""
+    """Run code shipped with the model directory. Needs the same opt-in outside the spec as
+    `factory` (`--allow-code`, or `allow_code=True` in Python)."""
     padding_side: Literal["auto", "left", "right"] = "auto"
     """'auto': left for causal LMs (with position_ids from the mask), right for encoders."""
+
+    @field_validator("factory", "trust_remote_code")
+    @classmethod
+    def _code_needs_opt_in(cls, v: Any, info: ValidationInfo) -> Any:
+        # A spec is data: whoever hands us a spec file must not be able to run code with it.
+        # The opt-in travels in the validation context, which a spec file cannot set.
+        if v and not code_allowed(info.context):
+            what = repr(v) if isinstance(v, str) else "true"
+            raise ValueError(
+                f"{what} asks raysight to import and run code, which a spec cannot do on its "
+                "own; opt in outside the spec: `raysight ... --allow-code`, or allow_code=True "
+                "in Python (see docs/security.md)"
+            )
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|(cuda|xpu)(:\d{1,3})?", v):
+            raise ValueError(f"{v!r} is not a device: use auto, cpu, cuda, cuda:N, mps or xpu")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -84,6 +112,14 @@ class ModelSpec(_Strict):
         if self.gguf_file and self.path is None:
             raise ValueError("model.gguf_file needs model.path (the directory holding it)")
         return self
+
+
+ALLOW_CODE = "allow_code"  # key of the validation context that carries the opt-in
+
+
+def code_allowed(context: Any) -> bool:
+    """Whether the validation context carries the caller's opt-in to run code."""
+    return isinstance(context, dict) and context.get(ALLOW_CODE) is True
 
 
 def _is_import_path(text: str) -> bool:
@@ -296,16 +332,24 @@ class Spec(_Strict):
     """How the run is executed."""
 
     _variants: list[Variant] = PrivateAttr(default_factory=list)
+    _allow_code: bool = PrivateAttr(default=False)
 
     @property
     def variants(self) -> list[Variant]:
         """The sweep's variants (one, holding the ops as written, without a sweep)."""
         return self._variants
 
+    @property
+    def allow_code(self) -> bool:
+        """Whether this spec was validated with the caller's opt-in to run code (the runner
+        hands it on to the actors, which validate the spec again)."""
+        return self._allow_code
+
     @model_validator(mode="after")
-    def _cross_field(self) -> Spec:
+    def _cross_field(self, info: ValidationInfo) -> Spec:
         from .variants import expand
 
+        self._allow_code = code_allowed(info.context)
         self._variants, problems = expand(self)
         problems += self._pair_problems()
         names: dict[str, int] = {}

@@ -10,6 +10,7 @@ bad value is reported with its field and its sweep point. Pure Python: no torch.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -77,7 +78,11 @@ def axis_values(axis: list | str) -> list:
         m = _RANGE.match(axis.strip())
         if m is None:
             raise ValueError(f"{axis!r} is not a range 'a:b' or 'a:b:step'; use a list for text")
-        values = list(range(int(m[1]), int(m[2]), int(m[3] or 1)))
+        start, stop, step = int(m[1]), int(m[2]), int(m[3] or 1)
+        count = max(0, -((start - stop) // step))  # len(range(...)) without building it
+        if count > MAX_VARIANTS:
+            raise ValueError(f"{axis!r} has {count:,} values; a sweep has at most {MAX_VARIANTS:,}")
+        values = list(range(start, stop, step))
     else:
         values = list(axis)
     if not values:
@@ -88,9 +93,14 @@ def axis_values(axis: list | str) -> list:
 
 
 def points(axes: dict[str, list | str]) -> list[dict[str, Any]]:
-    """Every combination of the axes' values, the last axis varying fastest."""
+    """Every combination of the axes' values, the last axis varying fastest; raises ValueError
+    (before building any) when there would be more than MAX_VARIANTS."""
     names = list(axes)
     grids = [axis_values(axes[n]) for n in names]
+    count = math.prod(len(g) for g in grids)
+    if count > MAX_VARIANTS:
+        sizes = " x ".join(f"{n} {len(g)}" for n, g in zip(names, grids))
+        raise ValueError(f"{sizes} = {count:,} variants; at most {MAX_VARIANTS:,}")
     return [dict(zip(names, combo)) for combo in itertools.product(*grids)]
 
 

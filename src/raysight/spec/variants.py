@@ -9,7 +9,6 @@ from pydantic import TypeAdapter, ValidationError
 
 from ._base import tag_by_key
 from .sweep import (
-    MAX_VARIANTS,
     Variant,
     axis_values,
     fill,
@@ -61,9 +60,10 @@ def expand(spec: Any) -> tuple[list[Variant], list[str]]:
             problems.append(f"sweep.{name}: '{name}' is an identity column; rename the axis")
     if problems:
         return [], problems
-    grid = points(axes)
-    if len(grid) > MAX_VARIANTS:
-        return [], [f"sweep: {len(grid)} variants; at most {MAX_VARIANTS}"]
+    try:
+        grid = points(axes)
+    except ValueError as e:  # too many points: counted before any was built
+        return [], [f"sweep: {e}"]
     adapters = {"edits": TypeAdapter(list[Edit]), "ops": TypeAdapter(list[Op])}
     seen: dict[str, list[dict]] = {}  # problem -> the sweep points that have it
     variants = []
