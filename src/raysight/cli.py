@@ -188,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dataset_command(args: argparse.Namespace) -> int:
     from .engine.verify import inspect, verify
+    from .writers.manifest import ManifestError
 
     if args.command == "inspect":
         try:
             print(inspect(args.path))
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ManifestError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0

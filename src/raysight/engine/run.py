@@ -8,7 +8,6 @@ unless ``overwrite`` is given; a directory that is not a raysight dataset is nev
 from __future__ import annotations
 
 import platform
-import shutil
 import sys
 import time
 from bisect import bisect_left
@@ -26,12 +25,17 @@ from ..spec.models import Spec
 from ..spec.variants import token_fields
 from ..writers.manifest import (
     ERRORS_FILE,
+    FORMAT,
     MANIFEST_FILE,
     SPEC_FILE,
+    ManifestError,
     append_errors,
+    header_sha256,
     read_manifest,
+    schema_ipc,
     write_json_atomic,
 )
+from ..writers.shard import OWN_FILE
 from .plan import RunPlan, make_plan
 from .progress import Progress
 from .worker import ShardResult, ShardRunner
@@ -87,10 +91,19 @@ def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] |
     """The existing manifest to resume from, or None for a fresh start."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"output.path {str(out)!r} is a file, not a directory")
-    manifest = read_manifest(out) if out.exists() else None
+    try:
+        manifest = read_manifest(out) if out.exists() else None
+    except ManifestError as e:
+        raise OutputError(f"output.path: {e}; nothing was deleted") from None
+    if manifest is not None and manifest.get("format") != FORMAT:
+        raise OutputError(
+            f"output.path {str(out)!r} holds a _manifest.json that raysight did not write "
+            f"(format {manifest.get('format')!r}); choose another path (nothing was deleted)"
+        )
     if manifest is not None:  # a killed run may have left unfinished (hidden) shard files
         for stale in out.glob(".part-*.tmp"):
-            stale.unlink()
+            if OWN_FILE.match(stale.name):
+                stale.unlink()
     if manifest is None:
         if out.exists() and any(p for p in out.iterdir() if p.name != SPEC_FILE):
             raise OutputError(
@@ -105,9 +118,11 @@ def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] |
             f"output.path {str(out)!r} holds a dataset of a different spec (hash "
             f"{manifest.get('spec_hash')} vs {digest}); use another path or --overwrite"
         )
+    # Only what raysight writes is deleted: its shard files by their exact names, never a
+    # directory or another tool's part-* file.
     for p in out.iterdir():
-        if p.name.startswith(("part-", ".part-")) or p.name in (MANIFEST_FILE, ERRORS_FILE):
-            p.unlink() if p.is_file() else shutil.rmtree(p)
+        if p.is_file() and (OWN_FILE.match(p.name) or p.name in (MANIFEST_FILE, ERRORS_FILE)):
+            p.unlink()
     return None
 
 
@@ -153,7 +168,7 @@ def run(
     sample = tensor_sample(spec.data, rows)
     plan = make_plan(spec, sample, pa.type_for_alias(ids))
     manifest = previous or {
-        "format": "raysight-dataset/1",
+        "format": FORMAT,
         "spec_hash": digest,
         "spec": spec_data,
         "versions": _versions(),
@@ -162,9 +177,11 @@ def run(
         "format_files": spec.output.format,
         "columns": [asdict(c) for c in plan.columns],
         "schema": plan.schema.to_string(show_schema_metadata=False),
+        "schema_ipc": schema_ipc(plan.schema),
         "input_rows": total,
         "shards": {},
     }
+    manifest["header_sha256"] = header_sha256(manifest)
     write_json_atomic(out / MANIFEST_FILE, manifest)
 
     todo = []
@@ -185,6 +202,8 @@ def run(
         manifest["shards"][str(res.shard)] = {
             "status": "done",
             "file": res.file,
+            "bytes": res.bytes,
+            "sha256": res.sha256,
             "rows": res.rows,
             "examples": res.examples,
             "tokens": res.tokens,

@@ -1,9 +1,11 @@
 """``raysight verify`` and ``raysight inspect``: check a dataset against its manifest, and
 summarise it.
 
-verify checks that every shard is done and its file holds the rows the manifest says, that no
-file is an orphan or left unfinished, that every input row is written or reported exactly once,
-and that every file has the same schema.
+verify checks that the manifest is whole and unedited (its header checksum), that every shard is
+done and its file is the one it wrote (name, size, SHA-256, Parquet page checksums) with the rows
+and the schema of the plan, that no file is an orphan or left unfinished, and that every input
+row is written or reported exactly once. A damaged dataset is a list of findings, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -19,8 +21,18 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from ..spec.load import spec_data_hash
 from ..spec.sweep import axis_values
-from ..writers.manifest import ERRORS_FILE, read_manifest
+from ..writers.manifest import (
+    ERRORS_FILE,
+    FORMAT,
+    ManifestError,
+    file_sha256,
+    header_sha256,
+    read_manifest,
+    read_schema_ipc,
+)
+from ..writers.shard import part_name
 
 __all__ = ["inspect", "stage_seconds", "verify"]
 
@@ -28,7 +40,7 @@ __all__ = ["inspect", "stage_seconds", "verify"]
 def _read_ids(path: Path, per_token: bool) -> tuple[int, list, pa.Schema]:
     """Row count, each row's key (example_id, variant, pair row[, position]) and the schema."""
     if path.suffix == ".parquet":
-        f = pq.ParquetFile(path)
+        f = pq.ParquetFile(path, page_checksum_verification=True)
         n, schema = f.metadata.num_rows, f.schema_arrow
         t = f.read(columns=[c for c in _KEY if c in schema.names])
     else:
@@ -43,23 +55,102 @@ def _read_ids(path: Path, per_token: bool) -> tuple[int, list, pa.Schema]:
 
 
 _KEY = ("example_id", "variant", "row", "position")
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)
+# what a manifest must hold, and of which type, for verify to read it
+_REQUIRED = {
+    "format": str,
+    "spec_hash": str,
+    "spec": dict,
+    "layout": str,
+    "columns": list,
+    "schema": str,
+    "schema_ipc": str,
+    "input_rows": int,
+    "shards": dict,
+}
+
+
+def _manifest_problems(m: dict[str, Any]) -> list[str]:
+    """What keeps ``m`` from being a whole, unedited raysight manifest."""
+    problems = [
+        f"_manifest.json: '{key}' is missing or not a {kind.__name__}"
+        for key, kind in _REQUIRED.items()
+        if not isinstance(m.get(key), kind)
+    ]
+    if problems:
+        return problems
+    if m["format"] != FORMAT:
+        return [f"_manifest.json: format {m['format']!r} is not {FORMAT!r}: not raysight's"]
+    if "header_sha256" not in m:
+        return ["_manifest.json: no header checksum (an older raysight wrote it): rerun"]
+    if m["header_sha256"] != header_sha256(m):
+        return [
+            "_manifest.json: its header (spec, columns, schema, layout or input rows) was "
+            "changed after the run wrote it"
+        ]
+    if spec_data_hash(m["spec"]) != m["spec_hash"]:
+        return ["_manifest.json: spec_hash does not match the spec it records"]
+    for k, entry in m["shards"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
+            problems.append(f"_manifest.json: shard {k!r} has no status")
+        elif entry["status"] == "done" and not all(
+            isinstance(entry.get(f), t)
+            for f, t in (("file", str), ("rows", int), ("bytes", int), ("sha256", str))
+        ):
+            problems.append(f"_manifest.json: shard {k} lacks its file, rows, size or checksum")
+    return problems
+
+
+def _same_schema(found: pa.Schema, planned: pa.Schema) -> bool:
+    """Types (list field names aside, which Parquet renames) and field metadata (dtype, shape,
+    site) equal; schema-level metadata (pandas, ARROW:schema) is the writer's business."""
+    return len(found) == len(planned) and all(
+        (a.name, a.nullable, a.metadata) == (b.name, b.nullable, b.metadata) and a.type == b.type
+        for a, b in zip(found, planned)
+    )
+
+
+def _shard_problems(k: int, entry: dict, out: Path, m: dict) -> list[str]:
+    """The file of a finished shard against its manifest entry: name, size, checksum, rows."""
+    name = entry["file"]
+    expected = part_name(k, m.get("format_files", "parquet"))
+    if name != expected:
+        return [f"shard {k}: the manifest names {name!r}, not its own file {expected!r}"]
+    path = out / name
+    if not path.is_file():
+        return [f"shard {k}: file {name} is missing"]
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return [f"shard {k}: {name} has {size} bytes, the manifest says {entry['bytes']}"]
+    if file_sha256(path) != entry["sha256"]:
+        return [f"shard {k}: {name} changed after it was written (its SHA-256 differs)"]
+    return []
 
 
 def verify(directory: str | Path) -> list[str]:
-    """Every mismatch between a dataset and its manifest; empty when it is whole."""
+    """Every mismatch between a dataset and its manifest; empty when it is whole. Never raises
+    for a damaged dataset: each damage is a finding."""
     out = Path(directory)
     if not out.is_dir():
         return [f"{out} is not a directory"]
-    m = read_manifest(out)
+    try:
+        m = read_manifest(out)
+    except ManifestError as e:
+        return [str(e)]
     if m is None:
         return [f"{out} has no _manifest.json: not a raysight dataset"]
-    problems: list[str] = []
+    problems = _manifest_problems(m)
+    if problems:
+        return problems
     shard_rows = m["spec"].get("execution", {}).get("shard_rows", 4096)
     expected = max(1, -(-m["input_rows"] // shard_rows))
     per_token = m["layout"] == "per_token"
+    try:
+        planned = read_schema_ipc(m["schema_ipc"])
+    except _UNREADABLE as e:
+        return [f"_manifest.json: schema_ipc is not a schema ({e})"]
     listed = set()
     seen: Counter = Counter()
-    schema = None
     for k in range(expected):
         entry = m["shards"].get(str(k))
         if entry is None:
@@ -68,42 +159,48 @@ def verify(directory: str | Path) -> list[str]:
         if entry["status"] != "done":
             problems.append(f"shard {k}: {entry['status']} ({entry.get('error', '')})")
             continue
-        path = out / entry["file"]
         listed.add(entry["file"])
-        if not path.exists():
-            problems.append(f"shard {k}: file {entry['file']} is missing")
-            continue
-        n, keys, file_schema = _read_ids(path, per_token)
-        if n != entry["rows"]:
-            problems.append(
-                f"shard {k}: {entry['file']} has {n} rows, the manifest says {entry['rows']}"
-            )
-        schema = schema or file_schema
-        if not file_schema.equals(schema):
-            problems.append(f"shard {k}: {entry['file']} has a different schema")
-        seen.update(keys)
+        found = _shard_problems(k, entry, out, m)
+        if not found:
+            try:
+                n, keys, file_schema = _read_ids(out / entry["file"], per_token)
+            except _UNREADABLE as e:
+                found = [f"shard {k}: {entry['file']} cannot be read ({type(e).__name__}: {e})"]
+            else:
+                if n != entry["rows"]:
+                    found.append(
+                        f"shard {k}: {entry['file']} has {n} rows, the manifest says "
+                        f"{entry['rows']}"
+                    )
+                if not _same_schema(file_schema, planned):
+                    found.append(f"shard {k}: {entry['file']} has a schema other than the plan's")
+                seen.update(keys)
+        problems += found
     for p in sorted(out.iterdir()):
         if p.name.startswith("part-") and p.name not in listed:
             problems.append(f"orphan file {p.name}: no finished shard in the manifest owns it")
             # Readers of the directory see its rows too; an unreadable one is reported above.
-            with contextlib.suppress(OSError, pa.ArrowException, KeyError):
+            with contextlib.suppress(*_UNREADABLE):
                 seen.update(_read_ids(p, per_token)[1])
         elif p.name.startswith(".part-"):
             problems.append(f"unfinished file {p.name} (a run was interrupted; rerun it)")
     dup = [key for key, c in seen.items() if c > 1]
     if dup:
         problems.append(f"{len(dup)} duplicated row(s), e.g. {dup[0]!r}")
+    try:
+        whole, one = _errors(out)
+    except _UNREADABLE as e:
+        return [*problems, f"{ERRORS_FILE}: not a readable error report ({e})"]
     # Every input row appears once per sweep variant: written, or in the error report (for one
     # variant, or for all of them).
     units = {(key[0], key[1]) for key in seen}
-    whole, one = _errors(out)
     n_var = _n_variants(m["spec"])
     both = {u for u in units if u[0] in whole or u in one}
     if both:
         problems.append(f"{len(both)} row(s) both written and in the error report")
-    done_all = not any(p.startswith("shard ") and "not run" in p for p in problems)
+    whole_files = not any(p.startswith(("shard ", "orphan")) for p in problems)
     accounted = len(units) + n_var * len(whole) + len(one)
-    if done_all and accounted != m["input_rows"] * n_var:
+    if whole_files and accounted != m["input_rows"] * n_var:
         problems.append(
             f"{len(units)} row-variants written + {len(whole)} rows and {len(one)} row-variants "
             f"reported != {m['input_rows']} input rows x {n_var} variant(s)"
@@ -140,9 +237,12 @@ def stage_seconds(shards: Iterable[dict[str, Any]]) -> dict[str, float]:
 def inspect(directory: str | Path) -> str:
     """A human summary of a dataset: spec, model, columns, shards, rows, size, errors."""
     out = Path(directory)
-    m = read_manifest(out)
+    m = read_manifest(out)  # raises ManifestError for one that is not readable
     if m is None:
         raise FileNotFoundError(f"{out} is not a raysight dataset (no _manifest.json)")
+    broken = [p for p in _manifest_problems(m) if "missing or not a" in p or "no status" in p]
+    if broken:
+        raise ManifestError("; ".join(broken) + " (raysight verify lists every problem)")
     shards = m["shards"].values()
     done = [s for s in shards if s["status"] == "done"]
     size = sum((out / s["file"]).stat().st_size for s in done if (out / s["file"]).exists())

@@ -44,6 +44,8 @@ class ShardResult:
     seconds: float
     errors: list[tuple] = field(default_factory=list)  # (example_id, reason[, variant])
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
+    sha256: str | None = None  # of the committed file
+    bytes: int = 0  # its size
 
 
 # Where a shard's time goes. forward includes the ops; to_host is the copy of the saves off the
@@ -225,6 +227,8 @@ class ShardRunner:
             time.perf_counter() - t0,
             errors,
             self._stages,
+            writer.sha256,
+            path.stat().st_size,
         )
 
     def _units(self, encoded: list[Encoded], rows: dict[Any, Row], errors: list) -> list[list]:

@@ -23,6 +23,7 @@ __all__ = [
     "dump_spec",
     "load_spec",
     "parse_spec",
+    "spec_data_hash",
     "spec_hash",
     "spec_to_dict",
 ]
@@ -188,8 +189,14 @@ def dump_spec(spec: Spec, fmt: str = "yaml", full: bool = False) -> str:
 def spec_hash(spec: Spec) -> str:
     """Hash of what determines the output. Execution details are left out (results do not depend
     on them), except shard_rows: it fixes which input rows each shard file holds."""
-    data = spec_to_dict(spec)
-    data["shard_rows"] = data.pop("execution", {}).get("shard_rows")
-    data.get("output", {}).pop("path", None)
+    return spec_data_hash(spec_to_dict(spec))
+
+
+def spec_data_hash(data: dict[str, Any]) -> str:
+    """:func:`spec_hash` of a spec already turned into data (as a manifest records it)."""
+    data = json.loads(json.dumps(data))  # a deep copy: the caller's dict stays as it was
+    data["shard_rows"] = (data.pop("execution", None) or {}).get("shard_rows")
+    if isinstance(data.get("output"), dict):
+        data["output"].pop("path", None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -18,32 +18,64 @@ import pyarrow.parquet as pq
 import torch
 
 from .encode import _NP, _TORCH
-from .manifest import ERRORS_FILE, read_manifest
+from .manifest import ERRORS_FILE, ManifestError, read_manifest
 
-__all__ = ["Dataset", "open_dataset"]
+__all__ = ["DamagedDataset", "Dataset", "open_dataset"]
+
+
+class DamagedDataset(RuntimeError):
+    """A shard file that is not the one its run wrote (missing, resized, unreadable, or with a
+    page whose checksum fails); the message names it. ``raysight verify`` lists every problem."""
 
 
 class Dataset:
+    """The finished shards a dataset's manifest lists, in shard order (never a glob: a stray
+    or copied ``part-*`` file is not read). Shards not finished yet are in ``missing``."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         manifest = read_manifest(self.path)
         if manifest is None:
             raise FileNotFoundError(f"{self.path} is not a raysight dataset (no _manifest.json)")
         self.manifest: dict[str, Any] = manifest
+        shards = manifest.get("shards")
+        if not isinstance(shards, dict):
+            raise ManifestError(f"{self.path / '_manifest.json'} lists no shards")
+        done = {int(k): s for k, s in shards.items() if s.get("status") == "done"}
+        self._shards = {k: done[k] for k in sorted(done)}
+        rows = manifest.get("input_rows", 0)
+        size = manifest.get("spec", {}).get("execution", {}).get("shard_rows", 4096)
+        self.missing = [k for k in range(max(1, -(-rows // size))) if k not in done]
+        for k, entry in self._shards.items():  # cheap checks now; page checksums on read
+            f = self.path / entry["file"]
+            if not f.is_file():
+                raise DamagedDataset(f"shard {k}: its file {entry['file']} is missing")
+            if "bytes" in entry and f.stat().st_size != entry["bytes"]:
+                raise DamagedDataset(
+                    f"shard {k}: {entry['file']} has {f.stat().st_size} bytes, the manifest "
+                    f"says {entry['bytes']} (run raysight verify)"
+                )
 
     @property
     def files(self) -> list[Path]:
-        return sorted(p for p in self.path.glob("part-*") if p.suffix in (".parquet", ".arrow"))
+        return [self.path / s["file"] for s in self._shards.values()]
 
     def table(self, columns: list[str] | None = None) -> pa.Table:
         tables = []
-        for f in self.files:
-            if f.suffix == ".parquet":
-                tables.append(pq.read_table(f, columns=columns))
-            else:
-                with pa.memory_map(str(f)) as src:
-                    t = ipc.open_file(src).read_all()
-                tables.append(t.select(columns) if columns else t)
+        for k, f in zip(self._shards, self.files):
+            try:
+                if f.suffix == ".parquet":
+                    tables.append(
+                        pq.read_table(f, columns=columns, page_checksum_verification=True)
+                    )
+                else:
+                    with pa.memory_map(str(f)) as src:
+                        t = ipc.open_file(src).read_all()
+                    tables.append(t.select(columns) if columns else t)
+            except (OSError, pa.ArrowException) as e:
+                raise DamagedDataset(
+                    f"shard {k}: {f.name} cannot be read ({e}); run raysight verify"
+                ) from None
         if not tables:
             raise FileNotFoundError(f"{self.path} has no finished data files yet")
         return pa.concat_tables(tables)

@@ -14,7 +14,9 @@ writes). At most one row group is in flight and one is filling, so memory stays 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +26,10 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-__all__ = ["ShardWriter", "part_name"]
+__all__ = ["OWN_FILE", "ShardWriter", "part_name"]
+
+#: the names raysight gives shard files and their temporaries (nothing else is ever deleted)
+OWN_FILE = re.compile(r"^\.?part-\d{5,}\.(parquet|arrow)(\.\d+\.tmp)?$")
 
 
 def part_name(shard: int, fmt: str) -> str:
@@ -56,6 +61,7 @@ class ShardWriter:
         self._pool = ThreadPoolExecutor(1, "raysight-writer") if background else None
         self._inflight: Future | None = None
         self.write_seconds = 0.0  # time the caller spent blocked on writing
+        self.sha256: str | None = None  # of the committed file, for the manifest
 
     def start(self) -> ShardWriter:
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +79,7 @@ class ShardWriter:
                 use_dictionary=False,
                 write_statistics=False,
                 store_schema=True,
+                write_page_checksum=True,  # CRC32 per page: readers can tell a damaged page
             )
         else:
             opts = ipc.IpcWriteOptions(
@@ -124,6 +131,8 @@ class ShardWriter:
         self._writer = None
         with open(self.tmp, "rb") as f:
             os.fsync(f.fileno())
+            # read back from the page cache: the checksum covers the bytes as they landed
+            self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         os.replace(self.tmp, self.final)
         self._shutdown()
         self.write_seconds += time.perf_counter() - t0
