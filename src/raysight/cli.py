@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("verify", "inspect"):
         return _dataset_command(args)
+    from .engine.signals import Interrupted
+
     try:
         spec = load_spec(args.spec, args.overrides, allow_code=args.allow_code)
         if args.command == "validate" and args.no_model:
@@ -179,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # the run said how to resume
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before a run started: nothing to clean up
+        print("raysight: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:
         if isinstance(e, _expected_errors()):
             print(f"error: {e}", file=sys.stderr)

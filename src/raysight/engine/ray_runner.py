@@ -16,10 +16,13 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from ..spec.models import Spec
+from ..writers.shard import part_name
+from .signals import Interrupted, rearm
 
 __all__ = ["ClusterError", "init_ray", "run_on_ray"]
 
@@ -41,7 +44,8 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         raise ClusterError(f"cannot reach a Ray cluster at {address}: {e}") from None
 
 
-def init_ray(address: str | None, num_cpus: int) -> None:
+def init_ray(address: str | None, num_cpus: int) -> bool:
+    """Connect to Ray (or start a local instance); True when this call started one."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -53,7 +57,7 @@ def init_ray(address: str | None, num_cpus: int) -> None:
                 f"this process is already connected to Ray at {current}; it cannot also join "
                 f"{address} (run raysight in a fresh process, or drop --address)"
             )
-        return
+        return False
     try:
         if address:
             _probe(address)
@@ -70,6 +74,9 @@ def init_ray(address: str | None, num_cpus: int) -> None:
         raise ClusterError(
             f"cannot connect to Ray at {address or 'a new local instance'}: {e}"
         ) from None
+    finally:
+        rearm()  # ray.init installs a SIGTERM handler of its own
+    return not address
 
 
 def _check_resources(actors: int, cpus: int, gpus: float) -> None:
@@ -109,7 +116,7 @@ def run_on_ray(
 
     ex = spec.execution
     n = min(ex.actors, len(todo))
-    init_ray(address, n * ex.cpus_per_actor)
+    started = init_ray(address, n * ex.cpus_per_actor)
     _check_resources(n, ex.cpus_per_actor, ex.gpus_per_actor)
     actor_cls = ray.remote(ShardRunner).options(
         num_cpus=ex.cpus_per_actor,
@@ -164,6 +171,26 @@ def run_on_ray(
             else:
                 done(result, read_errors)
             dispatch(actor)
+    except Interrupted:
+        _abandon(pool, inflight, spec)
+        if started:  # a local Ray this run started goes with it
+            ray.shutdown()
+        raise
     finally:
-        for actor in pool:
-            ray.kill(actor, no_restart=True)
+        if ray.is_initialized():  # not after an interrupted run shut its own Ray down
+            for actor in pool:
+                ray.kill(actor, no_restart=True)
+
+
+def _abandon(pool: list, inflight: dict, spec: Spec) -> None:
+    """Stop the actors and drop the unfinished files of the shards they were writing."""
+    import ray
+
+    for actor in pool:
+        ray.kill(actor, no_restart=True)
+    if inflight:  # wait until the actors are gone, so no file is written after we clean up
+        ray.wait(list(inflight), num_returns=len(inflight), timeout=30)
+    out = Path(spec.output.path)
+    for _actor, (shard, _rows, _errors) in inflight.values():
+        for tmp in out.glob(f".{part_name(shard, spec.output.format)}.*.tmp"):
+            tmp.unlink(missing_ok=True)

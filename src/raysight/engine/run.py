@@ -38,6 +38,7 @@ from ..writers.manifest import (
 from ..writers.shard import OWN_FILE
 from .plan import RunPlan, make_plan
 from .progress import Progress
+from .signals import Interrupted, interruptible
 from .worker import ShardResult, ShardRunner
 
 __all__ = ["OutputError", "RunFailed", "RunSummary", "run"]
@@ -222,8 +223,16 @@ def run(
         progress.shard_failed(shard, reason)
 
     try:
-        if todo:
-            _execute(spec, spec_data, plan, ids, sample, todo, done, failed, address)
+        with interruptible():
+            if todo:
+                _execute(spec, spec_data, plan, ids, sample, todo, done, failed, address)
+    except Interrupted as e:
+        kept = sum(s["status"] == "done" for s in manifest["shards"].values())
+        log(
+            f"raysight: {e}; {kept} finished shard(s) kept in {out}, no partial files left; "
+            "rerun the same command to resume"
+        )
+        raise
     finally:
         progress.close()
     finished = [s for s in manifest["shards"].values() if s["status"] == "done"]
