@@ -213,6 +213,7 @@ def run(
             "errors": len(errors),
             "seconds": round(res.seconds, 3),
             "stages": {k: round(v, 4) for k, v in res.stages.items()},
+            "self_check": res.self_check,
         }
         write_json_atomic(out / MANIFEST_FILE, manifest)
         progress.shard_done(res.shard, res.examples, res.tokens, len(errors))

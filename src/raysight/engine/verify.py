@@ -259,6 +259,15 @@ def inspect(directory: str | Path) -> str:
         f"({(1 - tokens / padded) * 100 if padded else 0:.1f}% padding)",
         f"size      {size / 2**20:.1f} MiB on disk",
     ]
+    checked = [s["self_check"] for s in done if s.get("self_check", {}).get("rows")]
+    if checked:
+        lines.append(
+            f"self-check {sum(c['rows'] for c in checked)} row(s) in {len(checked)} shard(s) "
+            "rerun alone and unpadded; max |batched - alone| "
+            f"{max(c['max_abs_diff'] for c in checked):.3g}"
+        )
+    else:
+        lines.append("self-check off (execution.self_check: 0)")
     stages = stage_seconds(done)
     if stages:  # summed over shards, so actors working in parallel add up
         total = sum(stages.values()) or 1.0

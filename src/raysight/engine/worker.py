@@ -24,6 +24,7 @@ from ..spec.variants import token_fields
 from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
 from .plan import RunPlan, make_plan, min_tokens
+from .selfcheck import SelfCheck, SelfCheckError, pick
 
 __all__ = ["STAGES", "ShardError", "ShardResult", "ShardRunner"]
 
@@ -46,12 +47,14 @@ class ShardResult:
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
     sha256: str | None = None  # of the committed file
     bytes: int = 0  # its size
+    self_check: dict[str, Any] = field(default_factory=dict)  # rows rerun alone, max |diff|
 
 
 # Where a shard's time goes. forward includes the ops; to_host is the copy of the saves off the
 # device (on a GPU it also waits for the forward's queued kernels); write is the time the worker
 # was blocked on the background writer, including the final flush, fsync and rename.
-STAGES = ("tokenize", "collate", "forward", "to_host", "encode", "write")
+# self_check is the time spent running the rows picked again alone.
+STAGES = ("tokenize", "collate", "forward", "to_host", "encode", "write", "self_check")
 
 
 class ShardRunner:
@@ -188,6 +191,7 @@ class ShardRunner:
         self._model_failures: list[str] = []  # rows that raised inside the model, not in an op
         k = len(units[0]) if units else 1  # rows per unit: the pair's fields
         try:
+            check = self._reruns(units, by_id)
             for group in pack(
                 [max(len(e.ids) for e in u) for u in units],
                 ex.batch_tokens,
@@ -200,6 +204,7 @@ class ShardRunner:
                     record = self._record_batch(batch, values)
                     self._stages["encode"] += time.perf_counter() - t
                     writer.write(record)
+                    check.keep(record)
                     examples.update(batch.example_ids)
                     tokens += sum(batch.lengths)
                     padded += batch.size * batch.padded_length
@@ -210,6 +215,10 @@ class ShardRunner:
                     f"shard {shard}: every row failed in the model; the first: "
                     f"{self._model_failures[0]}"
                 )
+            try:
+                check.check()
+            except SelfCheckError as e:  # the batch changed a row: fail, never write it
+                raise ShardError(f"shard {shard}: {e}") from None
             path = writer.commit()
         except BaseException:
             writer.fail()
@@ -229,7 +238,28 @@ class ShardRunner:
             self._stages,
             writer.sha256,
             path.stat().st_size,
+            check.summary(),
         )
+
+    def _reruns(self, units: list[list[Encoded]], rows: dict[Any, Row]) -> SelfCheck:
+        """Run the units the self-check picks alone (before the batches, so only their batched
+        rows need keeping while the shard is written)."""
+        check = SelfCheck(self.plan.columns)
+        before = dict(self._stages)
+        t = time.perf_counter()
+        lengths = [max(len(e.ids) for e in u) for u in units]
+        for i in pick(lengths, self.spec.execution.self_check):
+            first = units[i][0]
+            label = f"row {first.example_id!r}"
+            if self.spec.sweep:
+                label += f" [{self.spec.variants[first.variant].label}]"
+            # a unit that fails alone fails in its batch too, and is reported there
+            for batch, values in self._run_group([units[i]], rows, []):
+                check.expect(label, self._record_batch(batch, values))
+        self._stages = before  # the reruns' time is the self-check's, not the batches'
+        self._stages["self_check"] = time.perf_counter() - t
+        self._model_failures = []
+        return check
 
     def _units(self, encoded: list[Encoded], rows: dict[Any, Row], errors: list) -> list[list]:
         """Check each example's rows and replicate them per sweep variant: a unit is one

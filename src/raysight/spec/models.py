@@ -301,6 +301,11 @@ class ExecutionSpec(_Strict):
     length and a batch is closed early rather than exceed it (1 turns bucketing off)."""
     shard_rows: int = Field(4096, ge=1)
     """Rows per shard: the unit of output file, resume and retry."""
+    self_check: int = Field(2, ge=0, le=1000)
+    """Units (a row, or a pair's rows, under one sweep variant) per shard that are run again
+    alone and unpadded; every value they saved must equal the batched result within a
+    tolerance for its dtype, or the shard fails naming the row, column and difference. The
+    shortest unit (the most padded) is always among them. 0 turns the check off."""
     max_retries: int = Field(2, ge=0, le=100)
     """Times a shard whose code raised is run again before it is reported as failed (an actor
     that dies is replaced and its shard redone, within the same budget)."""
