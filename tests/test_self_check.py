@@ -26,10 +26,11 @@ def test_a_correct_run_records_its_self_check(tiny_dirs, tmp_path, capsys):
     spec = make_spec(tiny_dirs["gpt2"], out, OPS, execution={"shard_rows": 5, "max_padding": 1})
     raysight.run(spec, log=lambda _: None)
     shards = json.loads((out / "_manifest.json").read_text())["shards"].values()
+    assert [s["self_check"]["samples"] for s in shards] == [2, 2]
     assert [s["self_check"]["rows"] for s in shards] == [2, 2]
     assert all(s["self_check"]["max_abs_diff"] < 1e-4 for s in shards)
     assert main(["inspect", str(out)]) == 0
-    assert "self-check 4 row(s) in 2 shard(s)" in capsys.readouterr().out
+    assert "self-check 4 sample(s) in 2 shard(s)" in capsys.readouterr().out
     assert verify(out) == []
 
 

@@ -192,3 +192,24 @@ def test_swept_gradients_equal_plain_autograd(tiny_dirs, tiny_models, run_spec):
         )
         torch.testing.assert_close(mlp[k], grads["mlp"][[-1]], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(attr[k], (acts["e"] * grads["e"]).sum(-1), atol=1e-5, rtol=1e-4)
+
+
+def test_a_row_too_short_for_one_variant_is_written_in_the_others(tiny_dirs, run_spec, tmp_path):
+    """A positions axis that reaches past a short row: an error for that variant only, with the
+    variant and its sweep point; the row's other variants are written."""
+    from raysight.engine.verify import verify
+
+    spec = make_spec(
+        tiny_dirs["llama"],
+        tmp_path / "o",
+        [{"save": "layers.1.output", "positions": ["{pos}"], "as": "h"}],
+        prompts=["Hello there", "Hi"],
+    )
+    spec["sweep"] = {"pos": [0, -1, 5]}
+    ds = run_spec(spec)
+    written = sorted(zip(*(ds.table().column(c).to_pylist() for c in ("example_id", "variant"))))
+    assert written == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    (error,) = ds.errors()
+    assert error["example_id"] == 1 and error["variant"] == 2
+    assert error["reason"] == "[pos=5] 3 tokens, but the ops' positions need at least 6"  # BOS H i
+    assert verify(tmp_path / "o") == []

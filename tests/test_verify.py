@@ -79,7 +79,7 @@ def test_verify_finds_missing_orphan_duplicated_and_unfinished_files(tmp_path, c
     assert "3 done" in text and "8 rows from 8 of 8 input rows" in text and "lin.output" in text
     assert "time      tokenize" in text and "forward" in text
     # 2 units rerun alone in each of the shards of 3, 3 and 2 rows
-    assert "self-check 6 row(s) in 3 shard(s) rerun alone and unpadded" in text
+    assert "self-check 6 sample(s) in 3 shard(s) rerun alone and unpadded (6 output rows" in text
     for shard in json.loads((out / "_manifest.json").read_text())["shards"].values():
         st = shard["stages"]
         assert list(st) == [

@@ -127,4 +127,9 @@ class SelfCheck:
                 )
 
     def summary(self) -> dict[str, Any]:
-        return {"rows": self.rows, "max_abs_diff": float(f"{self.max_abs_diff:.3g}")}
+        """Samples (units) rerun, the output rows compared, the largest difference found."""
+        return {
+            "samples": len(self.references),
+            "rows": self.rows,
+            "max_abs_diff": float(f"{self.max_abs_diff:.3g}"),
+        }

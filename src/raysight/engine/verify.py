@@ -259,12 +259,12 @@ def inspect(directory: str | Path) -> str:
         f"({(1 - tokens / padded) * 100 if padded else 0:.1f}% padding)",
         f"size      {size / 2**20:.1f} MiB on disk",
     ]
-    checked = [s["self_check"] for s in done if s.get("self_check", {}).get("rows")]
+    checked = [s["self_check"] for s in done if s.get("self_check", {}).get("samples")]
     if checked:
         lines.append(
-            f"self-check {sum(c['rows'] for c in checked)} row(s) in {len(checked)} shard(s) "
-            "rerun alone and unpadded; max |batched - alone| "
-            f"{max(c['max_abs_diff'] for c in checked):.3g}"
+            f"self-check {sum(c['samples'] for c in checked)} sample(s) in {len(checked)} "
+            f"shard(s) rerun alone and unpadded ({sum(c['rows'] for c in checked)} output rows "
+            f"compared); max |batched - alone| {max(c['max_abs_diff'] for c in checked):.3g}"
         )
     else:
         lines.append("self-check off (execution.self_check: 0)")

@@ -80,6 +80,9 @@ class ShardRunner:
             plan = make_plan(self.spec, sample, pa.type_for_alias(id_type), loaded=meta)
         self.plan = plan
         self.interleaver = Interleaver(self.loaded, self.plan.hooks)
+        # each variant has its own positions: a row too short for one variant is an error for
+        # that variant only, and runs in the others
+        self.min_tokens = [min_tokens(self.spec, v) for v in range(len(self.spec.variants))]
         self.out = Path(self.spec.output.path)
         pair = self.spec.data.pair
         # a whole-value copy between pair rows aligns them token by token
@@ -264,9 +267,7 @@ class ShardRunner:
     def _units(self, encoded: list[Encoded], rows: dict[Any, Row], errors: list) -> list[list]:
         """Check each example's rows and replicate them per sweep variant: a unit is one
         example's pair of rows (or its one row) under one variant, and shares a batch."""
-        # each variant has its own positions: a row too short for one variant is an error for
-        # that variant only, and runs in the others
-        need = [min_tokens(self.spec, v) for v in range(len(self.spec.variants))]
+        need = self.min_tokens
         columns = sorted({col for col, _ in token_fields(self.spec)})
         per_example: dict[Any, list[Encoded]] = {}
         for e in encoded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -12,6 +13,7 @@ from .sweep import Placeholder, syntax_text
 
 __all__ = [
     "Dtype",
+    "PathText",
     "Positions",
     "ValueSite",
     "_Strict",
@@ -52,6 +54,17 @@ def _module_site(v: str) -> str:
 
 
 ValueSite = Annotated[str, Field(description="a value site, e.g. layers.5.output[:, -1]")]
+
+
+def _path(v: str) -> str:
+    if not v.strip():
+        raise ValueError("the path is blank")
+    # expanded once, here, so every stage (and the resolved spec) sees the same path
+    return os.path.expanduser(v)
+
+
+#: a file or directory path; a leading ~ is expanded to the home directory
+PathText = Annotated[str, AfterValidator(_path)]
 Dtype = Literal["float32", "float16", "bfloat16"]
 
 

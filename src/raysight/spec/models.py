@@ -21,7 +21,16 @@ from pydantic import (
     model_validator,
 )
 
-from ._base import Dtype, Positions, ValueSite, _module_site, _Strict, _value_site, tag_by_key
+from ._base import (
+    Dtype,
+    PathText,
+    Positions,
+    ValueSite,
+    _module_site,
+    _Strict,
+    _value_site,
+    tag_by_key,
+)
 from .backward import BackwardSpec, GradOp, MeanLoss, SumLoss
 from .generate import GenerateSpec, Steps, parse_steps
 from .reduce import Reduce, TopK
@@ -56,7 +65,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- model / data
 class ModelSpec(_Strict):
-    path: str | None = None
+    path: PathText | None = None
     """HF model directory (or hub id, where a hub is reachable) to load with transformers."""
     gguf_file: str | None = None
     """A GGUF file inside `path` to load (needs the `gguf` package)."""
@@ -66,7 +75,7 @@ class ModelSpec(_Strict):
     line, or `allow_code=True` in Python."""
     factory_kwargs: dict[str, Any] = {}
     """Keyword arguments for `factory` (JSON values only)."""
-    tokenizer: str | None = None
+    tokenizer: PathText | None = None
     """Tokenizer directory; defaults to `path`."""
     dtype: Literal["float32", "float16", "bfloat16", "auto"] = "float32"
     """Dtype the weights are loaded in."""
@@ -146,7 +155,7 @@ class PairSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    source: str | None = None
+    source: PathText | None = None
     """Input file: .jsonl, .parquet, or .txt (one prompt per line)."""
     prompts: list[Any] | None = None
     """Inline prompts (instead of `source`): strings, or records like a jsonl line's."""
@@ -265,7 +274,7 @@ Edit = Annotated[
 
 # ----------------------------------------------------------------------------- output / exec
 class OutputSpec(_Strict):
-    path: str
+    path: PathText
     """Output directory (created; a finished run there is resumed, a different spec refused)."""
     layout: Literal["per_sequence", "per_token"] = "per_sequence"
     """per_sequence: one row per example; per_token: one row per real token (padding dropped)."""

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator
 
-from ._base import ValueSite, _Strict, _value_site
+from ._base import PathText, ValueSite, _Strict, _value_site
 from .sweep import Placeholder
 
 __all__ = ["FileValue", "FromValue", "NoiseValue", "Value", "ZerosValue"]
@@ -31,7 +31,7 @@ class NoiseValue(_Strict):
 
 
 class FileParams(_Strict):
-    path: str
+    path: PathText
     """A .npy (loaded with allow_pickle=False) or .safetensors file."""
     key: str | None = None
     """Tensor name inside a .safetensors file (optional when it holds one tensor)."""
