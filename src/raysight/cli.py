@@ -113,9 +113,7 @@ def _plan(spec: Spec) -> dict[str, Any]:
     if meta.tokenizer is not None and rows:
         lengths = [
             len(e.ids)
-            for e in encode(
-                meta.tokenizer, rows, spec.data.max_length, spec.data.add_special_tokens
-            )
+            for e in encode(meta.tokenizer, rows, plan.max_length, spec.data.add_special_tokens)
         ]
     else:
         lengths = [1] * len(rows)

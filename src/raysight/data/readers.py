@@ -54,24 +54,46 @@ def _records(spec: DataSpec, base: Path) -> list[Any]:
     if not path.is_file():  # a FIFO blocks forever, /dev/zero never ends
         raise DataError(f"data.source {spec.source!r}: not a regular file")
     suffix = path.suffix.lower()
-    if suffix == ".txt":
-        return path.read_text(encoding="utf-8").splitlines()
-    if suffix in (".jsonl", ".ndjson"):
-        out = []
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    out.append(_Unreadable(f"line {n} is not valid JSON: {e.msg}"))
-        return out
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    try:
+        if suffix == ".txt":
+            with path.open("rb") as f:
+                return [_decoded(line.rstrip(b"\r\n"), n) for n, line in enumerate(f, 1)]
+        if suffix in (".jsonl", ".ndjson"):
+            with path.open("rb") as f:
+                return [_json_line(line, n) for n, line in enumerate(f, 1) if line.strip()]
+        if suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+            try:
+                return pq.read_table(path).to_pylist()
+            except (pa.ArrowException, ValueError) as e:
+                raise DataError(
+                    f"data.source {spec.source!r}: not a readable Parquet file ({e})"
+                ) from None
+    except OSError as e:
+        raise DataError(f"data.source {spec.source!r}: cannot read it ({e})") from None
     raise DataError(f"data.source {spec.source!r}: unknown format {suffix!r} (jsonl, parquet, txt)")
+
+
+def _decoded(raw: bytes, n: int) -> str | _Unreadable:
+    """One line as text; a line that is not UTF-8 is a row error, not the end of the run."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return _Unreadable(f"line {n} is not valid UTF-8 (byte {raw[e.start]:#04x} at {e.start})")
+
+
+def _json_line(raw: bytes, n: int) -> Any:
+    text = _decoded(raw, n)
+    if isinstance(text, _Unreadable):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        return _Unreadable(f"line {n} is not valid JSON: {e.msg}")
+    except RecursionError:
+        return _Unreadable(f"line {n} nests too deeply")
 
 
 @dataclass(frozen=True)
@@ -100,18 +122,18 @@ def read_rows(
     seen: dict[Any, int] = {}
     for i, rec in enumerate(records):
         eid: Any = i
+        if isinstance(rec, _Unreadable):  # no id can be read from it: named by its row
+            errors.append(RowError(i, i if spec.id_field is None else f"<row {i}>", rec.reason))
+            continue
         if spec.id_field is not None:
             has, eid = _field(rec, spec.id_field)
-            if not has or not isinstance(eid, (int, str)) or isinstance(eid, bool):
-                raise DataError(
-                    f"row {i}: data.id_field {spec.id_field!r} is missing or not an int/string"
-                )
+            bad = _bad_id(has, eid, spec.id_field)
+            if bad:
+                errors.append(RowError(i, f"<row {i}>", bad))
+                continue
             if eid in seen:
                 raise DataError(f"rows {seen[eid]} and {i} share the id {eid!r} (data.id_field)")
             seen[eid] = i
-        if isinstance(rec, _Unreadable):
-            errors.append(RowError(i, eid, rec.reason))
-            continue
         problem, payload = _payload(spec, rec)
         fields = {}
         for name, where in keep:
@@ -125,6 +147,17 @@ def read_rows(
     if spec.id_field is not None and len({type(r.example_id) for r in rows}) > 1:
         raise DataError(f"data.id_field {spec.id_field!r} mixes ints and strings")
     return rows, errors, len(records)
+
+
+def _bad_id(has: bool, eid: Any, field: str) -> str | None:
+    """Why a row's id cannot be used (ids are int64 or strings), or None."""
+    if not has:
+        return f"no field {field!r} (data.id_field)"
+    if isinstance(eid, bool) or not isinstance(eid, (int, str)):
+        return f"id {eid!r} is not an int or a string (data.id_field)"
+    if isinstance(eid, int) and not -(2**63) <= eid < 2**63:
+        return f"id {eid} does not fit in int64 (data.id_field)"
+    return None
 
 
 def _payload(spec: DataSpec, rec: Any) -> tuple[str | None, Any]:

@@ -36,6 +36,7 @@ class RunPlan:
     schema: pa.Schema
     model_kind: str
     architecture: str | None
+    max_length: int = 0  # data.max_length, lowered to the positions the model has
 
     def row_bytes(self, tokens: float) -> float:
         """Bytes of saved values that one input sequence of ``tokens`` tokens produces (at most,
@@ -247,4 +248,19 @@ def make_plan(
     cols = _infer_columns(spec, meta, hooks, sample)
     fields = identity_fields(spec, meta.kind, id_type or pa.int64())
     schema = pa.schema([*fields, *(arrow_field(c) for c in cols)])
-    return RunPlan(spec, hooks, tree, cols, schema, meta.kind, meta.names.architecture)
+    arch = meta.names.architecture
+    return RunPlan(spec, hooks, tree, cols, schema, meta.kind, arch, _max_length(spec, meta))
+
+
+def _max_length(spec: Spec, meta: LoadedModel) -> int:
+    """Tokens a row keeps: data.max_length, but never more than the model has positions for
+    (a longer row would index past its position table). Asking for more, explicitly, is an
+    error; the default is lowered to fit."""
+    config = getattr(meta.module, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    asked = spec.data.max_length
+    if not isinstance(limit, int) or limit <= 0 or asked <= limit:
+        return asked
+    if "max_length" in spec.data.model_fields_set:
+        raise PlanError([f"data.max_length: {asked} tokens, but the model has {limit} positions"])
+    return limit

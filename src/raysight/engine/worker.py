@@ -102,7 +102,7 @@ class ShardRunner:
         if self.loaded.kind == "tensor":
             return [Encoded(r.example_id, [0]) for r in rows]
         d = self.spec.data
-        return encode(self.loaded.tokenizer, rows, d.max_length, d.add_special_tokens)
+        return encode(self.loaded.tokenizer, rows, self.plan.max_length, d.add_special_tokens)
 
     def _collate(self, items: list[Encoded], rows: dict[Any, Row]) -> Batch:
         if self.loaded.kind == "tensor":
