@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
@@ -94,3 +95,88 @@ def test_a_blank_output_path_is_an_error(tiny_dirs, path):
     spec["output"]["path"] = path
     with pytest.raises(SpecError, match=r"output\.path: the path is blank"):
         parse_spec(spec)
+
+
+# ----------------------------------------------------------------------------- one driver
+def _lock(out, **fields):
+    out.mkdir(exist_ok=True)
+    (out / "_lock.json").write_text(json.dumps(fields))
+
+
+def test_a_second_driver_is_refused_while_the_first_holds_the_lock(tiny_dirs, tmp_path):
+    import os
+    import socket
+    import time
+
+    out = tmp_path / "o"
+    spec = make_spec(tiny_dirs["gpt2"], out, OPS)
+    host = socket.gethostname()
+    _lock(out, host=host, pid=os.getpid(), token="other", renewed=time.time())
+    with pytest.raises(OutputError, match=r"being written by another raysight run \(pid \d+"):
+        raysight.run(spec, log=lambda _: None)
+    _lock(out, host="elsewhere", pid=1, token="other", renewed=time.time())
+    with pytest.raises(OutputError, match="on elsewhere"):
+        raysight.run(spec, log=lambda _: None)
+    # a dead driver's lock: a dead pid on this host, or a lease run out elsewhere
+    dead = 2**22 + 12345
+    for held in (
+        {"host": host, "pid": dead, "renewed": time.time()},
+        {"host": "elsewhere", "pid": 1, "renewed": time.time() - 120},
+        {"garbled": True},
+    ):
+        _lock(out, **held)
+        if "garbled" in held:
+            os.utime(out / "_lock.json", (time.time() - 120, time.time() - 120))
+        raysight.run(spec, log=lambda _: None)
+        assert not (out / "_lock.json").exists()  # released when the run ends
+    assert verify(out) == []
+
+
+# ----------------------------------------------------------------------------- resume
+def _interrupted(out) -> None:
+    """Make a finished dataset look like one whose driver died after its first shard."""
+    path = out / "_manifest.json"
+    m = json.loads(path.read_text())
+    for k in list(m["shards"])[1:]:
+        del m["shards"][k]
+    path.write_text(json.dumps(m))
+
+
+def test_a_resume_over_changed_input_or_model_is_refused(tiny_dirs, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"prompt number {i}"}) + "\n" for i in range(6)))
+    model = shutil.copytree(tiny_dirs["gpt2"], tmp_path / "model")
+    out = tmp_path / "o"
+    spec = make_spec(model, out, OPS, execution={"shard_rows": 3})
+    spec["data"] = {"source": str(src)}
+    raysight.run(spec, log=lambda _: None)
+    _interrupted(out)
+    src.write_text(src.read_text().replace("number 4", "NUMBER 4"))  # same size, new text
+    with pytest.raises(OutputError, match=r"data\.source's content changed since its first shards"):
+        raysight.run(spec, log=lambda _: None)
+    src.write_text(src.read_text().replace("NUMBER 4", "number 4"))
+    (model / "extra.safetensors").write_bytes(b"x")
+    with pytest.raises(OutputError, match="the model's files changed"):
+        raysight.run(spec, log=lambda _: None)
+    (model / "extra.safetensors").unlink()
+    summary = raysight.run(spec, log=lambda _: None)  # unchanged: resumes
+    assert summary.shards_run == 1 and verify(out) == []
+
+
+def test_a_resume_on_another_runner_is_refused():
+    from raysight.engine.fingerprint import changes
+
+    before = {"input": {"inline": True}, "model": {}, "runner": {"runner": "ray", "gpu": False}}
+    now = {**before, "runner": {"runner": "local", "gpu": False}}
+    assert changes(before, now) == ["runner changed since its first shards were written"]
+    assert changes(before, before) == []
+    assert "no fingerprint" in changes(None, now)[0]
+
+
+def test_a_model_directory_with_only_pickle_weights_is_refused_at_validation(tiny_dirs, tmp_path):
+    model = shutil.copytree(tiny_dirs["gpt2"], tmp_path / "model")
+    (model / "model.safetensors").rename(model / "pytorch_model.bin")
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(make_spec(model, tmp_path / "o", OPS)))
+    rc, err = cli("validate", str(p))
+    assert rc == 2 and "only pickle weights (pytorch_model.bin)" in err and "never pickles" in err

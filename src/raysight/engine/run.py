@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from .. import __version__
 from ..data.readers import Row, RowError, id_type, read_rows, tensor_sample
+from ..models.bundled import resolve_bundled
 from ..spec.load import spec_hash, spec_to_dict
 from ..spec.models import Spec
 from ..spec.variants import token_fields
@@ -36,6 +37,8 @@ from ..writers.manifest import (
     write_json_atomic,
 )
 from ..writers.shard import OWN_FILE
+from .fingerprint import changes, fingerprint
+from .lock import LOCK_FILE, LockHeld, OutputLock
 from .plan import RunPlan, make_plan
 from .progress import Progress
 from .signals import Interrupted, interruptible
@@ -90,10 +93,8 @@ def _versions() -> dict[str, str]:
 
 def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] | None:
     """The existing manifest to resume from, or None for a fresh start."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output.path {str(out)!r} is a file, not a directory")
     try:
-        manifest = read_manifest(out) if out.exists() else None
+        manifest = read_manifest(out)
     except ManifestError as e:
         raise OutputError(f"output.path: {e}; nothing was deleted") from None
     if manifest is not None and manifest.get("format") != FORMAT:
@@ -106,7 +107,7 @@ def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] |
             if OWN_FILE.match(stale.name):
                 stale.unlink()
     if manifest is None:
-        if out.exists() and any(p for p in out.iterdir() if p.name != SPEC_FILE):
+        if any(p for p in out.iterdir() if p.name not in (SPEC_FILE, LOCK_FILE)):
             raise OutputError(
                 f"output.path {str(out)!r} exists, is not empty and holds no "
                 "raysight dataset; choose another path (nothing was deleted)"
@@ -151,23 +152,55 @@ def run(
 ) -> RunSummary:
     """Run ``spec``; returns a summary. Raises SpecError/PlanError/OutputError/DataError, and
     RunFailed when shards still fail after their retries (finished shards are kept)."""
-    tty = log is None
+    tty = log is None and sys.stderr.isatty()  # a progress bar only for a person watching
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    t0 = time.perf_counter()
     out = Path(spec.output.path)
+    try:
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"output.path {str(out)!r} is a file, not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(out).acquire()
+    except OSError as e:  # under a file, in /proc, read-only, no space left...
+        raise OutputError(f"output.path {str(out)!r}: cannot write there ({e})") from None
+    except LockHeld as e:
+        raise OutputError(str(e)) from None
+    try:
+        return _run_locked(spec, out, overwrite, Path(base_dir), log, tty, address)
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    spec: Spec,
+    out: Path,
+    overwrite: bool,
+    base_dir: Path,
+    log: Callable[[str], None],
+    tty: bool,
+    address: str | None,
+) -> RunSummary:
+    t0 = time.perf_counter()
     digest = spec_hash(spec)
     spec_data = spec_to_dict(spec)
     try:
         previous = _prepare_output(out, digest, overwrite)
-        out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / SPEC_FILE, {"spec_hash": digest, "spec": spec_data})
-    except OSError as e:  # under a file, in /proc, read-only, no space left...
+    except OSError as e:  # read-only, no space left...
         raise OutputError(f"output.path {str(out)!r}: cannot write there ({e})") from None
 
     rows, bad, total = read_rows(spec.data, base_dir, token_fields(spec))
     ids = id_type(rows)
     sample = tensor_sample(spec.data, rows)
     plan = make_plan(spec, sample, pa.type_for_alias(ids))
+    model_dir = spec.model.path
+    if model_dir and model_dir.startswith("bundled:"):
+        model_dir = resolve_bundled(model_dir)
+    prints = fingerprint(spec, model_dir, base_dir)
+    if previous is not None and (changed := changes(previous.get("fingerprint"), prints)):
+        raise OutputError(
+            f"output.path {str(out)!r} holds a partial run that this one cannot resume: "
+            f"{'; '.join(changed)}. Restore what changed, or start over with --overwrite"
+        )
     manifest = previous or {
         "format": FORMAT,
         "spec_hash": digest,
@@ -180,6 +213,7 @@ def run(
         "schema": plan.schema.to_string(show_schema_metadata=False),
         "schema_ipc": schema_ipc(plan.schema),
         "input_rows": total,
+        "fingerprint": prints,
         "shards": {},
     }
     manifest["header_sha256"] = header_sha256(manifest)
@@ -193,9 +227,7 @@ def run(
         todo.append((k, shard_rows, shard_errs))
     n_shards = max(1, -(-total // spec.execution.shard_rows))
     log(f"raysight: {total} input rows, {n_shards} shard(s), {len(todo)} to run -> {out}")
-    progress = Progress(
-        sum(len(r) + len(e) for _, r, e in todo), len(todo), log, tty=tty and sys.stderr.isatty()
-    )
+    progress = Progress(sum(len(r) + len(e) for _, r, e in todo), len(todo), log, tty=tty)
 
     def done(res: ShardResult, read_errors: list[tuple[Any, str]]) -> None:
         errors = read_errors + res.errors

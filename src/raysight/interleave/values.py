@@ -35,11 +35,13 @@ def load_tensor_file(path: str, key: str | None) -> torch.Tensor:
         try:
             arr = np.load(p, allow_pickle=False)
         except ValueError as e:
+            if "pickle" not in str(e):  # truncated or malformed, not an object array
+                raise ValueError_(f"{path!r} is not a readable .npy file: {e}") from None
             raise ValueError_(
                 f"{path!r} holds pickled Python objects ({e}); raysight never unpickles "
                 "spec data: save a plain numeric array (np.save with a numeric dtype)"
             ) from None
-        except OSError as e:
+        except (OSError, EOFError) as e:
             raise ValueError_(f"{path!r} is not a readable .npy file: {e}") from None
         if arr.dtype.kind not in "fiub":
             raise ValueError_(f"{path!r} has dtype {arr.dtype}; a numeric array is needed")

@@ -9,6 +9,7 @@ import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -109,6 +110,24 @@ def _hf_kwargs(spec: ModelSpec) -> dict[str, Any]:
     return kw
 
 
+def _check_weights(spec: ModelSpec, path: str) -> None:
+    """A local directory must hold weights raysight loads without unpickling (safetensors or
+    GGUF); pickle checkpoints (``pytorch_model.bin``) can run code when loaded."""
+    d = Path(path)
+    if not d.is_dir() or spec.gguf_file:
+        return  # a hub id, or a GGUF file named in the spec
+    names = [p.name for p in d.iterdir()]
+    if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
+        return
+    pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    what = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights"
+    raise ModelLoadError(
+        f"model.path {spec.path!r} holds {what}: raysight loads .safetensors (or a GGUF file "
+        "named in model.gguf_file), never pickles; convert with save_pretrained("
+        "safe_serialization=True)"
+    )
+
+
 def _model_class(config: Any) -> tuple[Any, str]:
     import transformers
 
@@ -133,6 +152,7 @@ def _from_hf(spec: ModelSpec, dev: torch.device, meta: bool):
         config = AutoConfig.from_pretrained(path, **kw)
     except (OSError, ValueError, FileNotFoundError) as e:
         raise ModelLoadError(f"model.path {spec.path!r}: cannot read a model config: {e}") from None
+    _check_weights(spec, path)
     cls, kind = _model_class(config)
     dtype = None if spec.dtype == "auto" else _DTYPES[spec.dtype]
     if meta:

@@ -49,6 +49,7 @@ HEADER_KEYS = (
     "schema",
     "schema_ipc",
     "input_rows",
+    "fingerprint",
 )
 
 

@@ -1,0 +1,61 @@
+"""What a resumed run must share with the run that wrote the first shards, besides the spec
+(whose hash covers inline prompts, the ops and the model's name): the input file's content,
+the model's weight files, and the runner (local and Ray results can differ in the last bits).
+
+Recorded in the manifest; a rerun whose fingerprint differs is refused, with what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from ..spec.models import Spec
+
+__all__ = ["changes", "fingerprint"]
+
+
+def _input(spec: Spec, base: Path) -> dict[str, Any]:
+    if spec.data.source is None:
+        return {"inline": True}  # the prompts are in the spec, and so in its hash
+    path = Path(spec.data.source)
+    if not path.is_absolute() and not path.exists():
+        path = base / path
+    st = path.stat()
+    with open(path, "rb") as f:  # the driver reads the whole file anyway
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"bytes": st.st_size, "sha256": digest}
+
+
+def _model(model_dir: str | None) -> dict[str, Any]:
+    """Names and sizes of the model directory's files, and a hash of its config: a swapped or
+    retrained checkpoint changes one of them, and no weights need reading."""
+    if not model_dir or not Path(model_dir).is_dir():
+        return {"dir": None}
+    d = Path(model_dir)
+    files = {p.name: p.stat().st_size for p in sorted(d.iterdir()) if p.is_file()}
+    config = d / "config.json"
+    conf = hashlib.sha256(config.read_bytes()).hexdigest() if config.exists() else None
+    return {"files": files, "config_sha256": conf}
+
+
+def fingerprint(spec: Spec, model_dir: str | None, base: Path) -> dict[str, Any]:
+    ex = spec.execution
+    return {
+        "input": _input(spec, base),
+        "model": _model(model_dir),
+        "runner": {"runner": ex.runner, "gpu": ex.gpus_per_actor > 0},
+    }
+
+
+def changes(before: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """What differs, in words; empty when a resume is safe."""
+    if before is None:
+        return ["the dataset records no fingerprint (an older raysight wrote it)"]
+    what = {"input": "data.source's content", "model": "the model's files", "runner": "runner"}
+    return [
+        f"{label} changed since its first shards were written"
+        for key, label in what.items()
+        if before.get(key) != now.get(key)
+    ]
