@@ -93,3 +93,38 @@ def test_a_directory_as_source_is_refused(tiny_dirs, tmp_path, suffix):
     with redirect_stderr(err), redirect_stdout(io.StringIO()):
         assert main(["validate", str(p)]) == 2
     assert "not a regular file" in err.getvalue()
+
+
+def test_validate_tokenizes_a_sample_and_says_so(tiny_dirs, tmp_path, capsys):
+    from raysight import cli
+
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"prompt {i}\n" for i in range(50)))
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(spec_for(tiny_dirs, tmp_path, src)))
+    seen = []
+    real = cli._plan
+
+    def spy(spec, sample_rows=None):
+        info = real(spec, sample_rows)
+        seen.append(info["tokenized_rows"])
+        return info
+
+    cli.VALIDATE_SAMPLE = 20
+    try:
+        cli._plan = spy
+        assert main(["validate", str(p)]) == 0
+        assert main(["plan", str(p)]) == 0
+    finally:
+        cli.VALIDATE_SAMPLE, cli._plan = 1000, real
+    assert seen == [20, 50]  # validate samples, plan counts every row
+    assert "tokenized the first 20 of 50 rows (the run checks every row)" in capsys.readouterr().out
+
+
+def test_positions_beyond_the_models_positions_name_the_ops(tiny_dirs, tmp_path, capsys):
+    spec = make_spec(tiny_dirs["gpt2"], tmp_path / "o", [{"save": "logits", "positions": [300]}])
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(spec))
+    assert main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "ops: the positions need rows of at least 301 tokens, but rows are cut to 256" in err

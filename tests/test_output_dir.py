@@ -180,3 +180,32 @@ def test_a_model_directory_with_only_pickle_weights_is_refused_at_validation(tin
     p.write_text(yaml.safe_dump(make_spec(model, tmp_path / "o", OPS)))
     rc, err = cli("validate", str(p))
     assert rc == 2 and "only pickle weights (pytorch_model.bin)" in err and "never pickles" in err
+
+
+def test_a_manifest_that_cannot_be_written_is_a_message_and_keeps_what_is_done(
+    tiny_dirs, tmp_path, monkeypatch
+):
+    """ENOSPC while recording a shard: the run stops with a message naming output.path, the
+    shards recorded before stay, and the rerun finishes the rest."""
+    import errno
+
+    from raysight.engine import run as run_module
+
+    out = tmp_path / "o"
+    spec = make_spec(tiny_dirs["gpt2"], out, OPS, execution={"shard_rows": 3})
+    real, calls = run_module.write_json_atomic, []
+
+    def full_disk(path, data):
+        calls.append(path.name)
+        if path.name == "_manifest.json" and len(data.get("shards", {})) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(run_module, "write_json_atomic", full_disk)
+    with pytest.raises(OutputError, match=r"cannot write the manifest .*No space left"):
+        raysight.run(spec, log=lambda _: None)
+    monkeypatch.setattr(run_module, "write_json_atomic", real)
+    kept = json.loads((out / "_manifest.json").read_text())["shards"]
+    assert list(kept) == ["0"]
+    summary = raysight.run(spec, log=lambda _: None)
+    assert summary.shards_run == 3 and verify(out) == []

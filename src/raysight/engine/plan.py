@@ -99,10 +99,12 @@ def _row_shape(data: Any, name: str, where: str) -> tuple[tuple[int, ...], torch
 
 
 def _infer_columns(
-    spec: Spec, loaded: LoadedModel, hooks: HookPlan, sample: Any
+    spec: Spec, loaded: LoadedModel, hooks: HookPlan, sample: Any, max_length: int
 ) -> list[ColumnInfo]:
     need = min_tokens(spec)
-    lengths = (max(8, need + 2), max(8, need + 2) + 3)
+    # two unpadded rows of different lengths, both within the positions the model has
+    longer = min(max(8, need + 2) + 3, max_length)
+    lengths = (max(need, longer - 3), longer)
     runs = []
     for length in lengths:
         try:
@@ -245,11 +247,20 @@ def make_plan(
     except Exception as e:
         raise PlanError([f"model: a forward pass on the meta device failed ({e})"]) from None
     hooks = resolve(spec, meta, tree)
-    cols = _infer_columns(spec, meta, hooks, sample)
+    max_length = _max_length(spec, meta)
+    need = min_tokens(spec)
+    if meta.kind != "tensor" and need > max_length:
+        raise PlanError(
+            [
+                f"ops: the positions need rows of at least {need} tokens, but rows are cut to "
+                f"{max_length} (data.max_length, or the model's positions)"
+            ]
+        )
+    cols = _infer_columns(spec, meta, hooks, sample, max_length)
     fields = identity_fields(spec, meta.kind, id_type or pa.int64())
     schema = pa.schema([*fields, *(arrow_field(c) for c in cols)])
     arch = meta.names.architecture
-    return RunPlan(spec, hooks, tree, cols, schema, meta.kind, arch, _max_length(spec, meta))
+    return RunPlan(spec, hooks, tree, cols, schema, meta.kind, arch, max_length)
 
 
 def _max_length(spec: Spec, meta: LoadedModel) -> int:

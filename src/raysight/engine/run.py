@@ -128,6 +128,24 @@ def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] |
     return None
 
 
+def _saver(out: Path, manifest: dict[str, Any]) -> Callable[..., None]:
+    """save(): write the manifest (or run ``write`` first); a full or read-only disk becomes an
+    OutputError, the files already committed stay."""
+
+    def save(write: Callable[[], None] | None = None) -> None:
+        try:
+            if write is not None:
+                write()
+            write_json_atomic(out / MANIFEST_FILE, manifest)
+        except OSError as e:
+            raise OutputError(
+                f"output.path {str(out)!r}: cannot write the manifest ({e}); the shards it "
+                "already lists are kept, rerun the same command to resume"
+            ) from None
+
+    return save
+
+
 def _shards(total: int, size: int, rows: list[Row], errs: list[RowError]) -> Iterator[tuple]:
     """(shard, its rows, its read errors) for each range of ``size`` input rows.
 
@@ -217,7 +235,8 @@ def _run_locked(
         "shards": {},
     }
     manifest["header_sha256"] = header_sha256(manifest)
-    write_json_atomic(out / MANIFEST_FILE, manifest)
+    save = _saver(out, manifest)
+    save()
 
     todo = []
     for k, shard_rows, shard_errs in _shards(total, spec.execution.shard_rows, rows, bad):
@@ -231,7 +250,6 @@ def _run_locked(
 
     def done(res: ShardResult, read_errors: list[tuple[Any, str]]) -> None:
         errors = read_errors + res.errors
-        append_errors(out, res.shard, errors)
         manifest["shards"][str(res.shard)] = {
             "status": "done",
             "file": res.file,
@@ -247,12 +265,13 @@ def _run_locked(
             "stages": {k: round(v, 4) for k, v in res.stages.items()},
             "self_check": res.self_check,
         }
-        write_json_atomic(out / MANIFEST_FILE, manifest)
+        # the errors first: a shard the manifest lists done always has its errors reported
+        save(lambda: append_errors(out, res.shard, errors))
         progress.shard_done(res.shard, res.examples, res.tokens, len(errors))
 
     def failed(shard: int, reason: str, attempts: int) -> None:
         manifest["shards"][str(shard)] = {"status": "failed", "error": reason, "attempts": attempts}
-        write_json_atomic(out / MANIFEST_FILE, manifest)
+        save()
         progress.shard_failed(shard, reason)
 
     try:
