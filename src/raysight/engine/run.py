@@ -214,11 +214,15 @@ def _run_locked(
     if model_dir and model_dir.startswith("bundled:"):
         model_dir = resolve_bundled(model_dir)
     prints = fingerprint(spec, model_dir, base_dir)
-    if previous is not None and (changed := changes(previous.get("fingerprint"), prints)):
-        raise OutputError(
-            f"output.path {str(out)!r} holds a partial run that this one cannot resume: "
-            f"{'; '.join(changed)}. Restore what changed, or start over with --overwrite"
-        )
+    if previous is not None:
+        changed = changes(previous.get("fingerprint"), prints)
+        if previous.get("header_sha256") != header_sha256(previous):
+            changed.insert(0, "its manifest's header was edited (raysight verify says more)")
+        if changed:
+            raise OutputError(
+                f"output.path {str(out)!r} holds a partial run that this one cannot resume: "
+                f"{'; '.join(changed)}. Restore what changed, or start over with --overwrite"
+            )
     manifest = previous or {
         "format": FORMAT,
         "spec_hash": digest,
@@ -234,7 +238,7 @@ def _run_locked(
         "fingerprint": prints,
         "shards": {},
     }
-    manifest["header_sha256"] = header_sha256(manifest)
+    manifest.setdefault("header_sha256", header_sha256(manifest))  # fixed by the first run
     save = _saver(out, manifest)
     save()
 

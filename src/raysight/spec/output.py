@@ -1,0 +1,59 @@
+"""The output and execution sections of a spec: where and how results are written, and how the
+run is executed (neither changes what is computed, except shard_rows, which fixes the files)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ._base import PathText, _Strict
+
+__all__ = ["ExecutionSpec", "OutputSpec"]
+
+
+class OutputSpec(_Strict):
+    path: PathText
+    """Output directory (created; a finished run there is resumed, a different spec refused)."""
+    layout: Literal["per_sequence", "per_token"] = "per_sequence"
+    """per_sequence: one row per example; per_token: one row per real token (padding dropped)."""
+    format: Literal["parquet", "arrow"] = "parquet"
+    """Data file format: Parquet or Arrow IPC (Feather v2)."""
+    tensor_storage: Literal["typed", "bytes"] = "typed"
+    """typed: tensors as Arrow number lists that any reader understands; bytes: one binary value
+    of raw bytes per row (dtype and shape in the field metadata, decoded by raysight.open),
+    several times faster to write as Parquet for float16. bfloat16 is always stored as bytes."""
+    include_text: bool = False
+    """Add a `text` column with the prompt."""
+    compression: Literal["none", "zstd", "lz4", "snappy"] = "none"
+    """Compression codec; float activations barely compress, so none is fastest."""
+    row_group_bytes: int = Field(128 * 2**20, ge=2**16)
+    """Target row-group (Parquet) / record-batch (Arrow) size in bytes."""
+
+
+class ExecutionSpec(_Strict):
+    runner: Literal["ray", "local"] = "ray"
+    """ray: a Ray actor (local Ray started when no cluster is given); local: in this process."""
+    actors: int = Field(1, ge=1, le=4096)
+    """Model replicas, one Ray actor each; shards are handed to whichever actor is free."""
+    gpus_per_actor: float = Field(0, ge=0)
+    """GPUs per actor (0: CPU)."""
+    cpus_per_actor: int = Field(1, ge=1)
+    """CPU cores reserved for each actor; torch uses this many threads."""
+    batch_tokens: int = Field(16384, ge=1)
+    """Token budget per batch (rows × padded length)."""
+    max_batch_rows: int = Field(256, ge=1)
+    """Upper bound on rows per batch."""
+    max_padding: float = Field(0.05, ge=0, le=1)
+    """Most padding a batch may have, as a fraction of its padded tokens: rows are sorted by
+    length and a batch is closed early rather than exceed it (1 turns bucketing off)."""
+    shard_rows: int = Field(4096, ge=1)
+    """Rows per shard: the unit of output file, resume and retry."""
+    self_check: int = Field(2, ge=0, le=1000)
+    """Units (a row, or a pair's rows, under one sweep variant) per shard that are run again
+    alone and unpadded; every value they saved must equal the batched result within a
+    tolerance for its dtype, or the shard fails naming the row, column and difference. The
+    shortest unit (the most padded) is always among them. 0 turns the check off."""
+    max_retries: int = Field(2, ge=0, le=100)
+    """Times a shard whose code raised is run again before it is reported as failed (an actor
+    that dies is replaced and its shard redone, within the same budget)."""
