@@ -296,3 +296,32 @@ def test_special_files_and_resource_bombs(tiny_dirs, tmp_path):
         p.write_text(json.dumps(spec))
         rc, err = cli("run", str(p), "--local", timeout=60)
         assert rc == 2 and message in err, (name, err)
+
+
+def test_unknown_keys_are_named_however_they_are_spelled(tiny_dirs):
+    spec = make_spec(tiny_dirs["gpt2"], None, [{"save": "layers.0.output", "a key": 1}])
+    spec["MODEL"] = {}
+    spec["data"]["data-x"] = 1
+    with pytest.raises(SpecError) as e:
+        parse_spec(spec)
+    text = str(e.value)
+    for where in ("MODEL: unknown key", "data.'data-x': unknown key", "ops.0.'a key': unknown"):
+        assert where in text, text
+
+
+def test_a_truncated_npy_is_not_called_pickled(tiny_dirs, tmp_path):
+    import numpy as np
+
+    good = tmp_path / "v.npy"
+    np.save(good, np.ones(32, dtype=np.float32))
+    bad = tmp_path / "t.npy"
+    bad.write_bytes(good.read_bytes()[:-40])
+    spec = make_spec(
+        tiny_dirs["gpt2"],
+        tmp_path / "o",
+        [{"set": "layers.0.output", "value": {"file": {"path": str(bad)}}}],
+    )
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(spec))
+    rc, err = cli("validate", str(p))
+    assert rc == 2 and "is not a readable .npy file" in err and "pickled" not in err

@@ -190,3 +190,28 @@ def test_a_garbled_error_report_is_a_finding(copy_of):
     ds = copy_of()
     (ds / "_errors.jsonl").write_text('{"shard": 0, "example_id": 1}\nnot json\n')
     assert_found(ds, "_errors.jsonl: not a readable error report")
+
+
+def test_open_reads_what_the_manifest_lists_and_says_what_is_missing(copy_of):
+    ds = copy_of()
+    n = raysight.open(ds).table().num_rows
+    shutil.copy(ds / "part-00000.parquet", ds / "part-00009.parquet")  # a stray copy
+    shutil.copy(ds / "part-00000.parquet", ds / "part-00000-copy.parquet")
+    assert raysight.open(ds).table().num_rows == n  # neither is read
+    _edit(ds, lambda m: m["shards"].pop("2"))  # as if the run stopped before shard 2
+    with pytest.warns(UserWarning, match=r"incomplete: shard\(s\) \[2\] are not finished"):
+        opened = raysight.open(ds)
+    assert opened.missing == [2] and [f.name for f in opened.files] == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
+
+
+def test_open_refuses_a_shard_whose_schema_is_not_the_plans(copy_of, tmp_path):
+    ds = copy_of()
+    t = pq.read_table(ds / "part-00001.parquet")
+    t = t.drop_columns(["h"])
+    pq.write_table(t, ds / "part-00001.parquet")
+    _edit(ds, lambda m: m["shards"]["1"].update(bytes=(ds / "part-00001.parquet").stat().st_size))
+    with pytest.raises(DamagedDataset, match=r"shard 1: part-00001\.parquet has a schema other"):
+        raysight.open(ds)

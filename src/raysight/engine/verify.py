@@ -31,6 +31,7 @@ from ..writers.manifest import (
     header_sha256,
     read_manifest,
     read_schema_ipc,
+    same_schema,
 )
 from ..writers.shard import part_name
 
@@ -101,15 +102,6 @@ def _manifest_problems(m: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _same_schema(found: pa.Schema, planned: pa.Schema) -> bool:
-    """Types (list field names aside, which Parquet renames) and field metadata (dtype, shape,
-    site) equal; schema-level metadata (pandas, ARROW:schema) is the writer's business."""
-    return len(found) == len(planned) and all(
-        (a.name, a.nullable, a.metadata) == (b.name, b.nullable, b.metadata) and a.type == b.type
-        for a, b in zip(found, planned)
-    )
-
-
 def _shard_problems(k: int, entry: dict, out: Path, m: dict) -> list[str]:
     """The file of a finished shard against its manifest entry: name, size, checksum, rows."""
     name = entry["file"]
@@ -172,7 +164,7 @@ def verify(directory: str | Path) -> list[str]:
                         f"shard {k}: {entry['file']} has {n} rows, the manifest says "
                         f"{entry['rows']}"
                     )
-                if not _same_schema(file_schema, planned):
+                if not same_schema(file_schema, planned):
                     found.append(f"shard {k}: {entry['file']} has a schema other than the plan's")
                 seen.update(keys)
         problems += found

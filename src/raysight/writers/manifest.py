@@ -29,6 +29,7 @@ __all__ = [
     "header_sha256",
     "read_manifest",
     "read_schema_ipc",
+    "same_schema",
     "schema_ipc",
     "write_json_atomic",
 ]
@@ -74,6 +75,15 @@ def read_schema_ipc(text: str) -> Any:
     import pyarrow as pa
 
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text, validate=True)))
+
+
+def same_schema(found: Any, planned: Any) -> bool:
+    """Types (list field names aside, which Parquet renames) and field metadata (dtype, shape,
+    site) equal; schema-level metadata (pandas, ARROW:schema) is the writer's business."""
+    return len(found) == len(planned) and all(
+        (a.name, a.nullable, a.metadata) == (b.name, b.nullable, b.metadata) and a.type == b.type
+        for a, b in zip(found, planned)
+    )
 
 
 def file_sha256(path: Path) -> str:

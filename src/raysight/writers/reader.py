@@ -8,6 +8,7 @@ torch tensors, and per-row token dimensions back to a list of tensors.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .encode import _NP, _TORCH
-from .manifest import ERRORS_FILE, ManifestError, read_manifest
+from .manifest import ERRORS_FILE, ManifestError, read_manifest, read_schema_ipc, same_schema
 
 __all__ = ["DamagedDataset", "Dataset", "open_dataset"]
 
@@ -46,15 +47,39 @@ class Dataset:
         rows = manifest.get("input_rows", 0)
         size = manifest.get("spec", {}).get("execution", {}).get("shard_rows", 4096)
         self.missing = [k for k in range(max(1, -(-rows // size))) if k not in done]
+        planned = read_schema_ipc(manifest["schema_ipc"]) if "schema_ipc" in manifest else None
         for k, entry in self._shards.items():  # cheap checks now; page checksums on read
-            f = self.path / entry["file"]
-            if not f.is_file():
-                raise DamagedDataset(f"shard {k}: its file {entry['file']} is missing")
-            if "bytes" in entry and f.stat().st_size != entry["bytes"]:
-                raise DamagedDataset(
-                    f"shard {k}: {entry['file']} has {f.stat().st_size} bytes, the manifest "
-                    f"says {entry['bytes']} (run raysight verify)"
-                )
+            self._check(k, entry, planned)
+        if self.missing:
+            warnings.warn(
+                f"{self.path} is incomplete: shard(s) {self.missing} are not finished (rerun the "
+                "same command to finish them); reading the finished ones",
+                stacklevel=3,
+            )
+
+    def _check(self, k: int, entry: dict[str, Any], planned: pa.Schema | None) -> None:
+        """The shard's file exists with the size the run recorded and the plan's schema (read
+        from its footer), so each file decodes with the dtype and shape of the manifest."""
+        f = self.path / entry["file"]
+        if not f.is_file():
+            raise DamagedDataset(f"shard {k}: its file {entry['file']} is missing")
+        if "bytes" in entry and f.stat().st_size != entry["bytes"]:
+            raise DamagedDataset(
+                f"shard {k}: {entry['file']} has {f.stat().st_size} bytes, the manifest "
+                f"says {entry['bytes']} (run raysight verify)"
+            )
+        if planned is None:
+            return
+        try:
+            if f.suffix == ".parquet":
+                schema = pq.read_schema(f)
+            else:
+                with pa.memory_map(str(f)) as src:
+                    schema = ipc.open_file(src).schema
+        except (OSError, pa.ArrowException) as e:
+            raise DamagedDataset(f"shard {k}: {f.name} cannot be read ({e})") from None
+        if not same_schema(schema, planned):
+            raise DamagedDataset(f"shard {k}: {f.name} has a schema other than the plan's")
 
     @property
     def files(self) -> list[Path]:
