@@ -27,6 +27,7 @@ from ..writers.manifest import (
     ERRORS_FILE,
     FORMAT,
     ManifestError,
+    expected_shards,
     file_sha256,
     header_sha256,
     read_manifest,
@@ -71,13 +72,26 @@ _REQUIRED = {
 }
 
 
-def _manifest_problems(m: dict[str, Any]) -> list[str]:
-    """What keeps ``m`` from being a whole, unedited raysight manifest."""
+def _structure_problems(m: dict[str, Any]) -> list[str]:
+    """What keeps ``m`` from being read as a manifest at all: a key missing or of the wrong
+    type, a shard entry without a status."""
     problems = [
         f"_manifest.json: '{key}' is missing or not a {kind.__name__}"
         for key, kind in _REQUIRED.items()
         if not isinstance(m.get(key), kind)
     ]
+    if problems:
+        return problems
+    return [
+        f"_manifest.json: shard {k!r} has no status"
+        for k, entry in m["shards"].items()
+        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str)
+    ]
+
+
+def _manifest_problems(m: dict[str, Any]) -> list[str]:
+    """What keeps ``m`` from being a whole, unedited raysight manifest."""
+    problems = _structure_problems(m)
     if problems:
         return problems
     if m["format"] != FORMAT:
@@ -91,15 +105,15 @@ def _manifest_problems(m: dict[str, Any]) -> list[str]:
         ]
     if spec_data_hash(m["spec"]) != m["spec_hash"]:
         return ["_manifest.json: spec_hash does not match the spec it records"]
-    for k, entry in m["shards"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
-            problems.append(f"_manifest.json: shard {k!r} has no status")
-        elif entry["status"] == "done" and not all(
+    return [
+        f"_manifest.json: shard {k} lacks its file, rows, size or checksum"
+        for k, entry in m["shards"].items()
+        if entry["status"] == "done"
+        and not all(
             isinstance(entry.get(f), t)
             for f, t in (("file", str), ("rows", int), ("bytes", int), ("sha256", str))
-        ):
-            problems.append(f"_manifest.json: shard {k} lacks its file, rows, size or checksum")
-    return problems
+        )
+    ]
 
 
 def _shard_problems(k: int, entry: dict, out: Path, m: dict) -> list[str]:
@@ -134,8 +148,7 @@ def verify(directory: str | Path) -> list[str]:
     problems = _manifest_problems(m)
     if problems:
         return problems
-    shard_rows = m["spec"].get("execution", {}).get("shard_rows", 4096)
-    expected = max(1, -(-m["input_rows"] // shard_rows))
+    expected = expected_shards(m)
     per_token = m["layout"] == "per_token"
     try:
         planned = read_schema_ipc(m["schema_ipc"])
@@ -232,7 +245,7 @@ def inspect(directory: str | Path) -> str:
     m = read_manifest(out)  # raises ManifestError for one that is not readable
     if m is None:
         raise FileNotFoundError(f"{out} is not a raysight dataset (no _manifest.json)")
-    broken = [p for p in _manifest_problems(m) if "missing or not a" in p or "no status" in p]
+    broken = _structure_problems(m)
     if broken:
         raise ManifestError("; ".join(broken) + " (raysight verify lists every problem)")
     shards = m["shards"].values()
@@ -243,8 +256,7 @@ def inspect(directory: str | Path) -> str:
     lines = [
         f"dataset   {out}  (spec {m['spec_hash']}, {m['layout']}, {m['format_files']})",
         f"model     {model} ({m['model']['architecture'] or m['model']['kind']})",
-        f"shards    {len(done)} done, {len(shards) - len(done)} not done "
-        f"(of {max(1, -(-m['input_rows'] // m['spec']['execution']['shard_rows']))})",
+        f"shards    {len(done)} done, {len(shards) - len(done)} not done (of {expected_shards(m)})",
         f"rows      {sum(s['rows'] for s in done)} rows from {sum(s['examples'] for s in done)} "
         f"of {m['input_rows']} input rows; {sum(s['errors'] for s in done)} row error(s)",
         f"tokens    {tokens} real, {padded} padded "
@@ -258,8 +270,10 @@ def inspect(directory: str | Path) -> str:
             f"shard(s) rerun alone and unpadded ({sum(c['rows'] for c in checked)} output rows "
             f"compared); max |batched - alone| {max(c['max_abs_diff'] for c in checked):.3g}"
         )
-    else:
+    elif m["spec"].get("execution", {}).get("self_check") == 0:
         lines.append("self-check off (execution.self_check: 0)")
+    else:
+        lines.append("self-check none recorded (no finished shard, or an older raysight)")
     stages = stage_seconds(done)
     if stages:  # summed over shards, so actors working in parallel add up
         total = sum(stages.values()) or 1.0

@@ -25,6 +25,7 @@ __all__ = [
     "SPEC_FILE",
     "ManifestError",
     "append_errors",
+    "expected_shards",
     "file_sha256",
     "header_sha256",
     "read_manifest",
@@ -75,6 +76,12 @@ def read_schema_ipc(text: str) -> Any:
     import pyarrow as pa
 
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text, validate=True)))
+
+
+def expected_shards(manifest: dict[str, Any]) -> int:
+    """How many shards the run splits its input rows into (at least one)."""
+    size = (manifest.get("spec", {}).get("execution") or {}).get("shard_rows", 4096)
+    return max(1, -(-manifest.get("input_rows", 0) // size))
 
 
 def same_schema(found: Any, planned: Any) -> bool:

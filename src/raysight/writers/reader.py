@@ -19,7 +19,14 @@ import pyarrow.parquet as pq
 import torch
 
 from .encode import _NP, _TORCH
-from .manifest import ERRORS_FILE, ManifestError, read_manifest, read_schema_ipc, same_schema
+from .manifest import (
+    ERRORS_FILE,
+    ManifestError,
+    expected_shards,
+    read_manifest,
+    read_schema_ipc,
+    same_schema,
+)
 
 __all__ = ["DamagedDataset", "Dataset", "open_dataset"]
 
@@ -44,9 +51,7 @@ class Dataset:
             raise ManifestError(f"{self.path / '_manifest.json'} lists no shards")
         done = {int(k): s for k, s in shards.items() if s.get("status") == "done"}
         self._shards = {k: done[k] for k in sorted(done)}
-        rows = manifest.get("input_rows", 0)
-        size = manifest.get("spec", {}).get("execution", {}).get("shard_rows", 4096)
-        self.missing = [k for k in range(max(1, -(-rows // size))) if k not in done]
+        self.missing = [k for k in range(expected_shards(manifest)) if k not in done]
         planned = read_schema_ipc(manifest["schema_ipc"]) if "schema_ipc" in manifest else None
         for k, entry in self._shards.items():  # cheap checks now; page checksums on read
             self._check(k, entry, planned)
