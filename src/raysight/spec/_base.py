@@ -12,6 +12,7 @@ from .sites import SiteError, parse_module_site, parse_value_site
 from .sweep import Placeholder, syntax_text
 
 __all__ = [
+    "MAX_TOKENS",
     "Dtype",
     "PathText",
     "Positions",

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from ._base import (
+    MAX_TOKENS,
     Dtype,
     PathText,
     Positions,
@@ -166,7 +167,7 @@ class DataSpec(_Strict):
     """Column holding a row id; default: the row's index in the input."""
     input_field: str | None = None
     """Column holding a numeric array per row, for models that take tensors, not text."""
-    max_length: int = Field(512, ge=1, le=1_048_576)
+    max_length: int = Field(512, ge=1, le=MAX_TOKENS)
     """Prompts longer than this many tokens are truncated (the count goes in the manifest)."""
     add_special_tokens: bool = True
     """Let the tokenizer add its special tokens (BOS, CLS/SEP), as a plain tokenizer call does."""
