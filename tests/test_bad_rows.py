@@ -84,15 +84,17 @@ def test_rows_longer_than_the_models_positions(tiny_dirs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
-def test_a_directory_as_source_is_refused(tiny_dirs, tmp_path, suffix):
+def test_a_directory_without_input_files_is_refused(tiny_dirs, tmp_path, suffix):
     src = tmp_path / f"dir{suffix}"
     src.mkdir()
+    (src / "notes.md").write_text("not an input file")
+    (src / "_hidden.jsonl").write_text('{"text": "skipped: its name starts with _"}\n')
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump(spec_for(tiny_dirs, tmp_path, src)))
     err = io.StringIO()
     with redirect_stderr(err), redirect_stdout(io.StringIO()):
         assert main(["validate", str(p)]) == 2
-    assert "not a regular file" in err.getvalue()
+    assert "the directory holds no input files (.parquet, .jsonl, .txt, .arrow" in err.getvalue()
 
 
 def test_validate_tokenizes_a_sample_and_says_so(tiny_dirs, tmp_path, capsys):
@@ -107,7 +109,7 @@ def test_validate_tokenizes_a_sample_and_says_so(tiny_dirs, tmp_path, capsys):
 
     def spy(spec, sample_rows=None):
         info = real(spec, sample_rows)
-        seen.append(info["tokenized_rows"])
+        seen.append(info.tokenized_rows)
         return info
 
     cli.VALIDATE_SAMPLE = 20
@@ -118,7 +120,7 @@ def test_validate_tokenizes_a_sample_and_says_so(tiny_dirs, tmp_path, capsys):
     finally:
         cli.VALIDATE_SAMPLE, cli._plan = 1000, real
     assert seen == [20, 50]  # validate samples, plan counts every row
-    assert "tokenized the first 20 of 50 rows (the run checks every row)" in capsys.readouterr().out
+    assert "read the first 20 of 50 rows (the run checks every row)" in capsys.readouterr().out
 
 
 def test_positions_beyond_the_models_positions_name_the_ops(tiny_dirs, tmp_path, capsys):

@@ -152,7 +152,7 @@ def test_a_resume_over_changed_input_or_model_is_refused(tiny_dirs, tmp_path):
     raysight.run(spec, log=lambda _: None)
     _interrupted(out)
     src.write_text(src.read_text().replace("number 4", "NUMBER 4"))  # same size, new text
-    with pytest.raises(OutputError, match=r"data\.source's content changed since its first shards"):
+    with pytest.raises(OutputError, match=r"data\.source's files changed since its first shards"):
         raysight.run(spec, log=lambda _: None)
     src.write_text(src.read_text().replace("NUMBER 4", "number 4"))
     (model / "extra.safetensors").write_bytes(b"x")

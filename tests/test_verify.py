@@ -77,13 +77,13 @@ def test_verify_finds_missing_orphan_duplicated_and_unfinished_files(tmp_path, c
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "3 done" in text and "8 rows from 8 of 8 input rows" in text and "lin.output" in text
-    assert "time      tokenize" in text and "forward" in text
+    assert "time      read" in text and "tokenize" in text and "forward" in text
     # 2 units rerun alone in each of the shards of 3, 3 and 2 rows
     assert "self-check 6 sample(s) in 3 shard(s) rerun alone and unpadded (6 output rows" in text
     for shard in json.loads((out / "_manifest.json").read_text())["shards"].values():
         st = shard["stages"]
         assert list(st) == [
-            *("tokenize", "collate", "forward", "to_host", "encode", "write", "self_check")
+            *("read", "tokenize", "collate", "forward", "to_host", "encode", "write", "self_check")
         ]
         assert min(st.values()) >= 0 and st["forward"] > 0
         assert sum(st.values()) <= shard["seconds"] + 0.01  # parts of the shard's own time

@@ -32,6 +32,7 @@ __all__ = [
     "noise",
     "open",
     "parse_spec",
+    "plan",
     "run",
     "topk",
     "zeros",
@@ -45,13 +46,26 @@ def run(spec: Any, *, overwrite: bool = False, allow_code: bool = False, **kwarg
     dict or file (a spec cannot opt in by itself; a builder holding a factory callable has)."""
     from .engine.run import run as _run
 
+    return _run(_as_spec(spec, allow_code), overwrite=overwrite, **kwargs)
+
+
+def plan(spec: Any, *, sample_rows: int = 10_000, allow_code: bool = False):
+    """Plan a spec (a Spec, SpecBuilder, dict or path) without loading weights: the columns,
+    their shapes, the input's row count (from metadata) and the output size, estimated from the
+    first ``sample_rows`` rows. Returns a :class:`raysight.engine.planning.PlanReport`."""
+    from .engine.planning import plan as _plan
+
+    return _plan(_as_spec(spec, allow_code), sample_rows)
+
+
+def _as_spec(spec: Any, allow_code: bool) -> Spec:
     if isinstance(spec, SpecBuilder):
-        spec = spec.spec()
-    elif isinstance(spec, dict):
-        spec = parse_spec(spec, allow_code=allow_code)
-    elif not isinstance(spec, Spec):
-        spec = load_spec(spec, allow_code=allow_code)
-    return _run(spec, overwrite=overwrite, **kwargs)
+        return spec.spec()
+    if isinstance(spec, dict):
+        return parse_spec(spec, allow_code=allow_code)
+    if not isinstance(spec, Spec):
+        return load_spec(spec, allow_code=allow_code)
+    return spec
 
 
 def open(path: Any):

@@ -100,64 +100,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 VALIDATE_SAMPLE = 1000
 
 
-def _plan(spec: Spec, sample_rows: int | None = None) -> dict[str, Any]:
-    """Plan on the meta model; tokenize every row, or the first ``sample_rows``."""
-    import pyarrow as pa
+def _plan(spec: Spec, sample_rows: int | None = None) -> Any:
+    """The plan report (engine/planning.py), sizes estimated from the first ``sample_rows``."""
+    from .engine.planning import PLAN_SAMPLE, plan
 
-    from .data.batching import encode
-    from .data.readers import id_type, read_rows, tensor_sample
-    from .engine.plan import make_plan
-    from .models.loading import load_model
-    from .spec.sweep import axis_values
-    from .spec.variants import token_fields
-
-    rows, bad, total = read_rows(spec.data, keep=token_fields(spec))
-    meta = load_model(spec.model, meta=True)
-    sample = tensor_sample(spec.data, rows)
-    plan = make_plan(spec, sample, pa.type_for_alias(id_type(rows)), loaded=meta)
-    rows = rows[:sample_rows] if sample_rows is not None else rows
-    if meta.tokenizer is not None and rows:
-        lengths = [
-            len(e.ids)
-            for e in encode(meta.tokenizer, rows, plan.max_length, spec.data.add_special_tokens)
-        ]
-    else:
-        lengths = [1] * len(rows)
-    n_var = len(spec.variants)  # every row runs once per sweep variant
-    tokens = sum(lengths) * n_var
-    per_token = spec.output.layout == "per_token"
-    out_rows = tokens if per_token else len(lengths) * n_var
-    total_bytes = sum(plan.row_bytes(n) for n in lengths) * n_var
-    members = spec.data.pair.fields if spec.data.pair else []
-    stacked = plan.stacked_steps()
-    return {
-        "model": {"kind": plan.model_kind, "architecture": plan.architecture},
-        "stop_after": plan.hooks.stop_event[1] if plan.hooks.stop_event else None,
-        "columns": [
-            {
-                "name": c.name,
-                "site": c.site,
-                "dtype": c.dtype,
-                "shape": [
-                    ("steps" if c.name in stacked else "tokens") if d is None else d
-                    for d in c.shape
-                ],
-            }
-            for c in plan.columns
-        ],
-        "input_rows": total,
-        "tokenized_rows": len(rows),
-        "variants": n_var,
-        "sweep": {axis: len(axis_values(v)) for axis, v in (spec.sweep or {}).items()},
-        "pair": members,
-        "rows_per_example": n_var * max(1, len(members)),
-        "rows_with_errors": len(bad),
-        "tokens": tokens,
-        "output_rows": out_rows,
-        "bytes_per_row": round(total_bytes / max(out_rows, 1)),
-        "estimated_bytes": round(total_bytes),
-        "schema": plan.schema.to_string(show_schema_metadata=False, show_field_metadata=False),
-    }
+    return plan(spec, PLAN_SAMPLE if sample_rows is None else sample_rows)
 
 
 def _human(n: float) -> str:
@@ -223,41 +170,41 @@ def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
     if args.command == "validate":
         info = _plan(spec, VALIDATE_SAMPLE)
         sampled = ""
-        if info["tokenized_rows"] < info["input_rows"] - info["rows_with_errors"]:
+        if info.estimated:
             sampled = (
-                f"; tokenized the first {info['tokenized_rows']:,} of {info['input_rows']:,} "
-                "rows (the run checks every row)"
+                f"; read the first {info.sampled_rows:,} of {info.input_rows:,} rows "
+                "(the run checks every row)"
             )
         print(
-            f"{args.spec}: OK — {len(info['columns'])} column(s) on a "
-            f"{info['model']['architecture'] or info['model']['kind']} model{sampled}"
+            f"{args.spec}: OK — {len(info.columns)} column(s) on a {info.architecture} "
+            f"model{sampled}"
         )
         return 0
     if args.command == "plan":
         info = _plan(spec)
-        print(
-            f"model: {info['model']['architecture'] or info['model']['kind']}; forward stops "
-            f"after: {info['stop_after'] or '(runs to the end)'}"
-        )
+        stop = info.stop_after or "(runs to the end)"
+        print(f"model: {info.architecture}; forward stops after: {stop}")
         print("columns:")
-        for c in info["columns"]:
+        for c in info.columns:
             print(f"  {c['name']:<28} {c['dtype']:<9} {c['shape']}  <- {c['site']}")
-        if info["variants"] > 1 or info["pair"]:
-            axes = " x ".join(f"{a} {n}" for a, n in info["sweep"].items()) or "none"
-            pair = f"; pair rows: {', '.join(info['pair'])}" if info["pair"] else ""
+        if info.variants > 1 or info.pair:
+            axes = " x ".join(f"{a} {n}" for a, n in info.sweep.items()) or "none"
+            pair = f"; pair rows: {', '.join(info.pair)}" if info.pair else ""
             print(
-                f"sweep: {axes} = {info['variants']} variant(s){pair}; "
-                f"{info['rows_per_example']} rows per input row, run in the same batches"
+                f"sweep: {axes} = {info.variants} variant(s){pair}; "
+                f"{info.rows_per_example} rows per input row, run in the same batches"
             )
+        files = f" in {info.input_files:,} file(s)" if info.input_files else ""
+        among = f" among the first {info.sampled_rows:,}" if info.estimated else ""
+        print(f"input rows: {info.input_rows:,}{files} ({info.rows_with_errors:,} unusable{among})")
+        approx = "~" if info.estimated else ""
+        print(f"tokens: {approx}{info.tokens:,}, output rows: {approx}{info.output_rows:,}")
+        if info.estimated:
+            print(f"(tokens, rows and size estimated from the first {info.sampled_rows:,} rows)")
         print(
-            f"input rows: {info['input_rows']} ({info['rows_with_errors']} unusable), "
-            f"tokens: {info['tokens']}, output rows: {info['output_rows']}"
+            f"size: ~{_human(info.bytes_per_row)} per row, ~{_human(info.estimated_bytes)} in all"
         )
-        print(
-            f"size: ~{_human(info['bytes_per_row'])} per row, "
-            f"~{_human(info['estimated_bytes'])} in all"
-        )
-        print("schema:\n  " + info["schema"].replace("\n", "\n  "))
+        print("schema:\n  " + info.schema.replace("\n", "\n  "))
         return 0
     if args.command == "submit":
         from .engine.submit import submit

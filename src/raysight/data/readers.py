@@ -1,28 +1,44 @@
-"""Read input rows (jsonl, parquet, txt or inline prompts) and check each one.
+"""Read a range of input rows (Parquet, Arrow, JSONL, txt, or inline prompts) and check each.
 
-A bad row never stops the run: it becomes a :class:`RowError` naming the row and the reason,
-written to the dataset's error report, and every other row goes on.
+A shard's worker reads its own rows (data/sources.py says which files and rows they are),
+projecting just the columns the spec needs. A bad row never stops the run: it becomes a
+:class:`RowError` naming the row and the reason, written to the dataset's error report, and every
+other row goes on. Every line of a line file is a row, so a blank JSONL line is a row error.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
 from ..spec.models import DataSpec
+from .sources import DataError, InputFile, Source, filesystem, iter_lines, open_source
 
-__all__ = ["DataError", "PairTexts", "Row", "RowError", "id_type", "read_rows", "tensor_sample"]
-
-
-class DataError(ValueError):
-    """The input as a whole cannot be read (missing file, unknown format, duplicate ids)."""
+__all__ = [
+    "DataError",
+    "PairTexts",
+    "Row",
+    "RowError",
+    "id_type",
+    "input_source",
+    "read_range",
+    "read_rows",
+    "tensor_sample",
+    "total_rows",
+]
 
 
 @dataclass(frozen=True)
 class Row:
-    index: int  # position in the input; shards are ranges of it
+    index: int  # global row index in the input; shards are ranges of it
     example_id: Any  # the index, or the id column's value
     payload: Any  # text, PairTexts (data.pair), or a numeric list for tensor models
     fields: dict[str, Any] | None = None  # other columns the spec reads (loss targets)
@@ -43,57 +59,140 @@ class RowError:
     reason: str
 
 
-def _records(spec: DataSpec, base: Path) -> list[Any]:
+def input_source(spec: DataSpec, base: str | Path = ".") -> Source | None:
+    """The input files and their row counts (metadata only); None for inline prompts."""
     if spec.prompts is not None:
-        return list(spec.prompts)
-    path = Path(spec.source)  # type: ignore[arg-type]
-    if not path.is_absolute() and not path.exists():
-        path = base / path
-    if not path.exists():
-        raise DataError(f"data.source {spec.source!r}: file not found")
-    if not path.is_file():  # a FIFO blocks forever, /dev/zero never ends
-        raise DataError(f"data.source {spec.source!r}: not a regular file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".txt":
-            with path.open("rb") as f:
-                return [_decoded(line.rstrip(b"\r\n"), n) for n, line in enumerate(f, 1)]
-        if suffix in (".jsonl", ".ndjson"):
-            with path.open("rb") as f:
-                return [_json_line(line, n) for n, line in enumerate(f, 1) if line.strip()]
-        if suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            try:
-                return pq.read_table(path).to_pylist()
-            except (pa.ArrowException, ValueError) as e:
-                raise DataError(
-                    f"data.source {spec.source!r}: not a readable Parquet file ({e})"
-                ) from None
-    except OSError as e:
-        raise DataError(f"data.source {spec.source!r}: cannot read it ({e})") from None
-    raise DataError(f"data.source {spec.source!r}: unknown format {suffix!r} (jsonl, parquet, txt)")
+        return None
+    return open_source(spec.source, base, spec.format, spec.limit)  # type: ignore[arg-type]
 
 
-def _decoded(raw: bytes, n: int) -> str | _Unreadable:
+def total_rows(spec: DataSpec, source: Source | None) -> int:
+    if source is not None:
+        return source.total
+    return len(spec.prompts[: spec.limit])  # type: ignore[index]
+
+
+def _columns(spec: DataSpec, keep: Iterable[tuple[str, str]]) -> list[str]:
+    """The columns the spec reads: only these are read from Parquet and Arrow files."""
+    if spec.input_field is not None:
+        cols = [spec.input_field]
+    elif spec.pair is not None:
+        cols = [*spec.pair.fields, *([spec.pair.position_map] if spec.pair.position_map else [])]
+    else:
+        cols = [spec.text_field]
+    cols += [spec.id_field] if spec.id_field else []
+    return list(dict.fromkeys([*cols, *(name for name, _ in keep)]))
+
+
+def _records(
+    spec: DataSpec, source: Source | None, lo: int, hi: int, columns: list[str]
+) -> Iterator[tuple[int, Any]]:
+    """(global index, record) for rows [lo, hi); a record that cannot be read is _Unreadable."""
+    if source is None:
+        prompts = spec.prompts[: spec.limit]  # type: ignore[index]
+        for i in range(lo, min(hi, len(prompts))):
+            yield i, prompts[i]
+        return
+    for k, a, b in source.pieces(lo, hi):
+        f = source.files[k]
+        where = f" of {f.uri}" if len(source.files) > 1 else ""
+        try:
+            read = _table_records if f.fmt in ("parquet", "arrow") else _line_records
+            yield from enumerate(read(f, a, b, columns, where), source.starts[k] + a)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"data.source {f.uri!r}: cannot read rows {a}-{b} ({e})") from None
+
+
+def _table_records(f: InputFile, a: int, b: int, columns: list[str], where: str) -> Iterator:
+    """Rows [a, b) of a Parquet or Arrow file as dicts of the spec's columns (the others are
+    never read: a column the file lacks is missing from every record)."""
+    cols = [c for c in columns if c in f.columns]
+    ends = np.cumsum(f.groups)
+    first = int(np.searchsorted(ends, a, side="right"))
+    pos = int(ends[first - 1]) if first else 0
+    fs, path = filesystem(f.uri)
+    with fs.open_input_file(path) as src:
+        for batch in _batches(f, src, first, cols):
+            lo, hi = max(a - pos, 0), min(b - pos, batch.num_rows)
+            if lo < hi:
+                part = batch.slice(lo, hi - lo)
+                yield from part.to_pylist() if cols else ({} for _ in range(hi - lo))
+            pos += batch.num_rows
+            if pos >= b:
+                return
+    raise _changed(f)
+
+
+def _batches(f: InputFile, src: Any, first: int, cols: list[str]) -> Iterator[pa.RecordBatch]:
+    """The record batches of a file from row group (or IPC batch) ``first`` on."""
+    if f.fmt == "parquet":
+        pf = pq.ParquetFile(src)
+        groups = list(range(first, pf.metadata.num_row_groups))
+        yield from pf.iter_batches(batch_size=4096, row_groups=groups, columns=cols)
+        return
+    if f.stream:
+        for i, batch in enumerate(ipc.open_stream(src)):
+            if i >= first:
+                yield batch.select(cols)
+        return
+    reader = ipc.open_file(src)
+    for i in range(first, reader.num_record_batches):
+        yield reader.get_record_batch(i).select(cols)
+
+
+def _line_records(f: InputFile, a: int, b: int, columns: list[str], where: str) -> Iterator:
+    """Lines [a, b) of a JSONL or txt file, parsed; seeks to the nearest recorded offset."""
+    fs, path = filesystem(f.uri)
+    if f.offsets:
+        src = fs.open_input_file(path)
+        src.seek(f.offsets[a // f.stride])
+        skip = a % f.stride
+    else:  # compressed: read from the start
+        src = fs.open_input_stream(path, compression=f.codec)
+        skip = a
+    with src:
+        lines = iter_lines(src)
+        for _ in range(skip):
+            next(lines, None)
+        n = a
+        for n, raw in zip(range(a + 1, b + 1), lines):
+            if f.fmt == "txt":
+                yield _decoded(raw.rstrip(b"\r"), n, where)
+            else:
+                yield _json_line(raw, n, where)
+    if n < b:
+        raise _changed(f)
+
+
+def _changed(f: InputFile) -> DataError:
+    return DataError(
+        f"data.source {f.uri!r} has fewer rows than when the run was planned ({f.rows}): it "
+        "changed; restore it, or start over with --overwrite"
+    )
+
+
+def _decoded(raw: bytes, n: int, where: str = "") -> str | _Unreadable:
     """One line as text; a line that is not UTF-8 is a row error, not the end of the run."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return _Unreadable(f"line {n} is not valid UTF-8 (byte {raw[e.start]:#04x} at {e.start})")
+        return _Unreadable(
+            f"line {n}{where} is not valid UTF-8 (byte {raw[e.start]:#04x} at {e.start})"
+        )
 
 
-def _json_line(raw: bytes, n: int) -> Any:
-    text = _decoded(raw, n)
+def _json_line(raw: bytes, n: int, where: str = "") -> Any:
+    text = _decoded(raw, n, where)
     if isinstance(text, _Unreadable):
         return text
+    if not text.strip():  # every line is a row, so that rows and line numbers agree
+        return _Unreadable(f"line {n}{where} is blank")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        return _Unreadable(f"line {n} is not valid JSON: {e.msg}")
+        return _Unreadable(f"line {n}{where} is not valid JSON: {e.msg}")
     except RecursionError:
-        return _Unreadable(f"line {n} nests too deeply")
+        return _Unreadable(f"line {n}{where} nests too deeply")
 
 
 @dataclass(frozen=True)
@@ -107,20 +206,26 @@ def _field(rec: Any, name: str) -> tuple[bool, Any]:
     return False, None
 
 
-def read_rows(
-    spec: DataSpec, base: str | Path = ".", keep: list[tuple[str, str]] = ()
-) -> tuple[list[Row], list[RowError], int]:
-    """Usable rows and unusable rows (with reasons), in input order, and the input row count.
+def read_range(
+    spec: DataSpec,
+    source: Source | None,
+    lo: int,
+    hi: int,
+    keep: Iterable[tuple[str, str]] = (),
+    id_kind: str | None = None,
+) -> tuple[list[Row], list[RowError]]:
+    """Usable and unusable rows (with reasons) among input rows [lo, hi), in input order.
 
     ``keep`` lists (column, spec field that needs it): each row carries those columns along.
+    ``id_kind`` ('int64' or 'string') is the input's id type; rows of another type are errors
+    (by default the first usable row's type). An id that repeats an earlier row's in the range
+    is an error too; repeats across shards are found after the run (engine/ids.py).
     """
-    records = _records(spec, Path(base))
-    if spec.limit is not None:
-        records = records[: spec.limit]
+    keep = list(keep)
     rows: list[Row] = []
     errors: list[RowError] = []
     seen: dict[Any, int] = {}
-    for i, rec in enumerate(records):
+    for i, rec in _records(spec, source, lo, hi, _columns(spec, keep)):
         eid: Any = i
         if isinstance(rec, _Unreadable):  # no id can be read from it: named by its row
             errors.append(RowError(i, i if spec.id_field is None else f"<row {i}>", rec.reason))
@@ -128,11 +233,19 @@ def read_rows(
         if spec.id_field is not None:
             has, eid = _field(rec, spec.id_field)
             bad = _bad_id(has, eid, spec.id_field)
+            kind = "string" if isinstance(eid, str) else "int64"
+            id_kind = id_kind or (None if bad else kind)
+            if not bad and kind != id_kind:
+                bad = (
+                    f"id {eid!r} is {'a string' if kind == 'string' else 'an int'}, but the "
+                    f"input's ids are {'strings' if id_kind == 'string' else 'ints'} "
+                    "(data.id_field)"
+                )
+            if not bad and eid in seen:
+                bad = f"id {eid!r} is also row {seen[eid]}'s (data.id_field: ids are unique)"
             if bad:
                 errors.append(RowError(i, f"<row {i}>", bad))
                 continue
-            if eid in seen:
-                raise DataError(f"rows {seen[eid]} and {i} share the id {eid!r} (data.id_field)")
             seen[eid] = i
         problem, payload = _payload(spec, rec)
         fields = {}
@@ -144,9 +257,18 @@ def read_rows(
             errors.append(RowError(i, eid, problem))
         else:
             rows.append(Row(i, eid, payload, fields or None))
-    if spec.id_field is not None and len({type(r.example_id) for r in rows}) > 1:
-        raise DataError(f"data.id_field {spec.id_field!r} mixes ints and strings")
-    return rows, errors, len(records)
+    return rows, errors
+
+
+def read_rows(
+    spec: DataSpec, base: str | Path = ".", keep: Iterable[tuple[str, str]] = ()
+) -> tuple[list[Row], list[RowError], int]:
+    """Every input row, checked, and the input row count: for small inputs and tests (a run
+    reads each shard's rows in its worker)."""
+    source = input_source(spec, base)
+    total = total_rows(spec, source)
+    rows, errors = read_range(spec, source, 0, total, keep)
+    return rows, errors, total
 
 
 def _bad_id(has: bool, eid: Any, field: str) -> str | None:
@@ -216,5 +338,5 @@ def tensor_sample(spec: DataSpec, rows: list[Row]) -> Any:
 
 
 def id_type(rows: list[Row]) -> str:
-    """The Arrow type alias of the example_id column (read_rows checks ids are uniform)."""
+    """The Arrow type alias of the example_id column (read_range checks ids are uniform)."""
     return "string" if rows and isinstance(rows[0].example_id, str) else "int64"

@@ -1,6 +1,7 @@
 """What a resumed run must share with the run that wrote the first shards, besides the spec
-(whose hash covers inline prompts, the ops and the model's name): the input file's content,
-the model's weight files, and the runner (local and Ray results can differ in the last bits).
+(whose hash covers inline prompts, the ops and the model's name): the input files (names, sizes
+and modification times, from metadata: no input is read for it), the model's weight files, and
+the runner (local and Ray results can differ in the last bits).
 
 Recorded in the manifest; a rerun whose fingerprint differs is refused, with what changed.
 """
@@ -11,21 +12,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from ..data.sources import Source
 from ..spec.models import Spec
 
 __all__ = ["changes", "fingerprint"]
-
-
-def _input(spec: Spec, base: Path) -> dict[str, Any]:
-    if spec.data.source is None:
-        return {"inline": True}  # the prompts are in the spec, and so in its hash
-    path = Path(spec.data.source)
-    if not path.is_absolute() and not path.exists():
-        path = base / path
-    st = path.stat()
-    with open(path, "rb") as f:  # the driver reads the whole file anyway
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"bytes": st.st_size, "sha256": digest}
 
 
 def _model(model_dir: str | None) -> dict[str, Any]:
@@ -40,10 +30,11 @@ def _model(model_dir: str | None) -> dict[str, Any]:
     return {"files": files, "config_sha256": conf}
 
 
-def fingerprint(spec: Spec, model_dir: str | None, base: Path) -> dict[str, Any]:
+def fingerprint(spec: Spec, model_dir: str | None, source: Source | None) -> dict[str, Any]:
     ex = spec.execution
     return {
-        "input": _input(spec, base),
+        # inline prompts are in the spec, and so in its hash
+        "input": {"inline": True} if source is None else source.fingerprint(),
         "model": _model(model_dir),
         "runner": {"runner": ex.runner, "gpu": ex.gpus_per_actor > 0},
     }
@@ -53,7 +44,7 @@ def changes(before: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
     """What differs, in words; empty when a resume is safe."""
     if before is None:
         return ["the dataset records no fingerprint (an older raysight wrote it)"]
-    what = {"input": "data.source's content", "model": "the model's files", "runner": "runner"}
+    what = {"input": "data.source's files", "model": "the model's files", "runner": "runner"}
     return [
         f"{label} changed since its first shards were written"
         for key, label in what.items()

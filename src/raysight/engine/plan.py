@@ -37,6 +37,7 @@ class RunPlan:
     model_kind: str
     architecture: str | None
     max_length: int = 0  # data.max_length, lowered to the positions the model has
+    source: Any = None  # the input's files and row counts (data.sources.Source); None: inline
 
     def row_bytes(self, tokens: float) -> float:
         """Bytes of saved values that one input sequence of ``tokens`` tokens produces (at most,
@@ -235,6 +236,7 @@ def make_plan(
     sample: Any = None,
     id_type: pa.DataType | None = None,
     loaded: LoadedModel | None = None,
+    source: Any = None,
 ) -> RunPlan:
     """Resolve and shape-check ``spec`` on the meta-device model; raises PlanError."""
     meta = loaded or load_model(spec.model, meta=True)
@@ -260,7 +262,7 @@ def make_plan(
     fields = identity_fields(spec, meta.kind, id_type or pa.int64())
     schema = pa.schema([*fields, *(arrow_field(c) for c in cols)])
     arch = meta.names.architecture
-    return RunPlan(spec, hooks, tree, cols, schema, meta.kind, arch, max_length)
+    return RunPlan(spec, hooks, tree, cols, schema, meta.kind, arch, max_length, source)
 
 
 def _max_length(spec: Spec, meta: LoadedModel) -> int:

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from ..spec.models import Spec
 from ..writers.shard import part_name
-from .signals import Interrupted, rearm
+from .signals import as_interrupted, rearm
 
 __all__ = ["ClusterError", "init_ray", "run_on_ray"]
 
@@ -104,7 +104,7 @@ def run_on_ray(
     plan: Any,
     ids: str,
     sample: Any,
-    todo: list[tuple],
+    todo: list[Any],
     done: Callable,
     failed: Callable,
     address: str | None = None,
@@ -137,20 +137,20 @@ def run_on_ray(
     pool = [new_actor() for _ in range(n)]
     queue = deque(todo)
     attempts: dict[int, int] = {}
-    inflight: dict[Any, tuple[Any, tuple]] = {}
+    inflight: dict[Any, tuple[Any, Any]] = {}  # task -> (actor, ShardJob)
 
     def dispatch(actor) -> None:
         if queue:
-            item = queue.popleft()
-            inflight[actor.run_shard.remote(item[0], item[1])] = (actor, item)
+            job = queue.popleft()
+            inflight[actor.run_job.remote(job)] = (actor, job)
 
     try:
         for actor in pool:
             dispatch(actor)
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1)
-            actor, item = inflight.pop(ready[0])
-            shard, _, read_errors = item
+            actor, job = inflight.pop(ready[0])
+            shard = job.shard
             try:
                 result = ray.get(ready[0])
             except (RayTaskError, RayActorError) as e:
@@ -167,15 +167,16 @@ def run_on_ray(
                 if attempts[shard] > ex.max_retries:
                     failed(shard, reason, attempts[shard])
                 else:
-                    queue.append(item)
+                    queue.append(job)
             else:
-                done(result, read_errors)
+                done(result)
             dispatch(actor)
-    except Interrupted:
+    except KeyboardInterrupt as e:
+        stop = as_interrupted(e)
         _abandon(pool, inflight, spec)
         if started:  # a local Ray this run started goes with it
             ray.shutdown()
-        raise
+        raise stop from None
     finally:
         if ray.is_initialized():  # not after an interrupted run shut its own Ray down
             for actor in pool:
@@ -191,6 +192,6 @@ def _abandon(pool: list, inflight: dict, spec: Spec) -> None:
     if inflight:  # wait until the actors are gone, so no file is written after we clean up
         ray.wait(list(inflight), num_returns=len(inflight), timeout=30)
     out = Path(spec.output.path)
-    for _actor, (shard, _rows, _errors) in inflight.values():
-        for tmp in out.glob(f".{part_name(shard, spec.output.format)}.*.tmp"):
+    for _actor, job in inflight.values():
+        for tmp in out.glob(f".{part_name(job.shard, spec.output.format)}.*.tmp"):
             tmp.unlink(missing_ok=True)

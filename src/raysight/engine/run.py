@@ -10,8 +10,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,10 @@ from typing import Any
 import pyarrow as pa
 
 from .. import __version__
-from ..data.readers import Row, RowError, id_type, read_rows, tensor_sample
+from ..data.readers import DataError
 from ..models.bundled import resolve_bundled
 from ..spec.load import spec_hash, spec_to_dict
 from ..spec.models import Spec
-from ..spec.variants import token_fields
 from ..writers.manifest import (
     ERRORS_FILE,
     FORMAT,
@@ -38,11 +36,13 @@ from ..writers.manifest import (
 )
 from ..writers.shard import OWN_FILE
 from .fingerprint import changes, fingerprint
+from .ids import duplicate_ids, write_keys
 from .lock import LOCK_FILE, LockHeld, OutputLock
-from .plan import RunPlan, make_plan
+from .plan import RunPlan
+from .planning import prepare
 from .progress import Progress
 from .signals import Interrupted, interruptible
-from .worker import ShardResult, ShardRunner
+from .worker import ShardJob, ShardResult, ShardRunner
 
 __all__ = ["OutputError", "RunFailed", "RunSummary", "run"]
 
@@ -146,18 +146,11 @@ def _saver(out: Path, manifest: dict[str, Any]) -> Callable[..., None]:
     return save
 
 
-def _shards(total: int, size: int, rows: list[Row], errs: list[RowError]) -> Iterator[tuple]:
-    """(shard, its rows, its read errors) for each range of ``size`` input rows.
-
-    Both lists are in input order, so each shard is a slice found by bisection.
-    """
-    row_idx = [r.index for r in rows]
-    err_idx = [e.index for e in errs]
-    for k in range(max(1, -(-total // size))):
-        lo, hi = k * size, (k + 1) * size
-        r0, r1 = bisect_left(row_idx, lo), bisect_left(row_idx, hi)
-        e0, e1 = bisect_left(err_idx, lo), bisect_left(err_idx, hi)
-        yield k, rows[r0:r1], [(e.example_id, e.reason) for e in errs[e0:e1]]
+def _jobs(total: int, size: int) -> list[ShardJob]:
+    """One job per range of ``size`` input rows (a shard of an empty input has no rows)."""
+    return [
+        ShardJob(k, k * size, min(total, (k + 1) * size)) for k in range(max(1, -(-total // size)))
+    ]
 
 
 def run(
@@ -206,14 +199,14 @@ def _run_locked(
     except OSError as e:  # read-only, no space left...
         raise OutputError(f"output.path {str(out)!r}: cannot write there ({e})") from None
 
-    rows, bad, total = read_rows(spec.data, base_dir, token_fields(spec))
-    ids = id_type(rows)
-    sample = tensor_sample(spec.data, rows)
-    plan = make_plan(spec, sample, pa.type_for_alias(ids))
+    prepared = prepare(spec, base_dir)  # the input from metadata, a sample of rows, the plan
+    plan, total, ids = prepared.plan, prepared.total, prepared.id_type
+    sample = prepared.sample_input
+    del prepared  # the sample rows
     model_dir = spec.model.path
     if model_dir and model_dir.startswith("bundled:"):
         model_dir = resolve_bundled(model_dir)
-    prints = fingerprint(spec, model_dir, base_dir)
+    prints = fingerprint(spec, model_dir, plan.source)
     if previous is not None:
         changed = changes(previous.get("fingerprint"), prints)
         if previous.get("header_sha256") != header_sha256(previous):
@@ -243,17 +236,19 @@ def _run_locked(
     save()
 
     todo = []
-    for k, shard_rows, shard_errs in _shards(total, spec.execution.shard_rows, rows, bad):
-        entry = manifest["shards"].get(str(k))
+    for job in _jobs(total, spec.execution.shard_rows):
+        entry = manifest["shards"].get(str(job.shard))
         if entry and entry.get("status") == "done" and (out / entry["file"]).exists():
             continue
-        todo.append((k, shard_rows, shard_errs))
+        todo.append(job)
     n_shards = max(1, -(-total // spec.execution.shard_rows))
     log(f"raysight: {total} input rows, {n_shards} shard(s), {len(todo)} to run -> {out}")
-    progress = Progress(sum(len(r) + len(e) for _, r, e in todo), len(todo), log, tty=tty)
+    progress = Progress(sum(j.rows for j in todo), len(todo), log, tty=tty)
 
-    def done(res: ShardResult, read_errors: list[tuple[Any, str]]) -> None:
-        errors = read_errors + res.errors
+    def done(res: ShardResult) -> None:
+        errors = res.errors
+        if res.id_keys is not None:  # before the manifest lists the shard done
+            write_keys(out, res.shard, res.id_keys)
         manifest["shards"][str(res.shard)] = {
             "status": "done",
             "file": res.file,
@@ -282,6 +277,7 @@ def _run_locked(
         with interruptible():
             if todo:
                 _execute(spec, spec_data, plan, ids, sample, todo, done, failed, address)
+            _check_ids(spec, out, manifest)
     except Interrupted as e:
         kept = sum(s["status"] == "done" for s in manifest["shards"].values())
         log(
@@ -317,13 +313,42 @@ def _run_locked(
     return summary
 
 
+def _check_ids(spec: Spec, out: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a dataset in which two shards wrote the same id (see engine/ids.py)."""
+    shards = manifest["shards"]
+    if spec.data.id_field is None or any(s["status"] != "done" for s in shards.values()):
+        return
+
+    def read_ids(k: int) -> list:
+        return _shard_ids(out / shards[str(k)]["file"])
+
+    n, some = duplicate_ids(out, sorted(int(k) for k in shards), read_ids)
+    if n:
+        where = "; ".join(f"{eid!r} in shards {', '.join(map(str, ks))}" for eid, ks in some)
+        raise DataError(
+            f"data.id_field {spec.data.id_field!r}: {n} id(s) appear in more than one shard "
+            f"({where}). Every shard is kept and written; make the ids unique, or drop "
+            "data.id_field to number rows by their position"
+        )
+
+
+def _shard_ids(path: Path) -> list:
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        return pq.read_table(path, columns=["example_id"]).column(0).to_pylist()
+    with pa.memory_map(str(path)) as src:
+        return ipc.open_file(src).read_all().column("example_id").to_pylist()
+
+
 def _execute(
     spec: Spec,
     spec_data: dict,
     plan: RunPlan,
     ids: str,
     sample: Any,
-    todo: list[tuple],
+    todo: list[ShardJob],
     done: Callable,
     failed: Callable,
     address: str | None = None,
@@ -335,16 +360,16 @@ def _execute(
         run_on_ray(spec, spec_data, plan, ids, sample, todo, done, failed, address)
         return
     runner = ShardRunner(spec_data, ids, sample, None, plan=plan, allow_code=spec.allow_code)
-    for k, shard_rows, errs in todo:
+    for job in todo:
         attempts = 0
         while True:
             attempts += 1
             try:
-                result = runner.run_shard(k, shard_rows)
+                result = runner.run_job(job)
             except Exception as e:  # any shard failure is retried, then reported
                 if attempts > ex.max_retries:
-                    failed(k, f"{type(e).__name__}: {e}", attempts)
+                    failed(job.shard, f"{type(e).__name__}: {e}", attempts)
                     break
                 continue
-            done(result, errs)
+            done(result)
             break

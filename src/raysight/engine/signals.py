@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["Interrupted", "interruptible", "rearm"]
+__all__ = ["Interrupted", "as_interrupted", "interruptible", "rearm"]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _handler: Any = None  # the active handler, while a run is interruptible
+_received: list[int] = []  # the signal that stopped the run, while it is interruptible
 
 
 class Interrupted(KeyboardInterrupt):
@@ -43,12 +44,11 @@ def interruptible() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or _handler is not None:
         yield
         return
-    stopping: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        if stopping:
+        if _received:
             return  # already stopping: let the clean-up finish
-        stopping.append(signum)
+        _received.append(signum)
         raise Interrupted(signum)
 
     previous = {s: signal.getsignal(s) for s in _SIGNALS}
@@ -58,8 +58,17 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         _handler = None
+        _received.clear()
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def as_interrupted(e: KeyboardInterrupt) -> Interrupted:
+    """The Interrupted behind ``e``: Ray's blocking calls (ray.wait) catch the exception our
+    handler raises inside them and raise a plain KeyboardInterrupt instead."""
+    if isinstance(e, Interrupted):
+        return e
+    return Interrupted(_received[0] if _received else signal.SIGINT)
 
 
 def rearm() -> None:

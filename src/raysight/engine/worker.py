@@ -15,7 +15,7 @@ import pyarrow as pa
 import torch
 
 from ..data.batching import Batch, Encoded, collate, encode, pack, token_targets, with_units
-from ..data.readers import Row
+from ..data.readers import Row, read_range
 from ..interleave.actions import SetAction
 from ..interleave.interleaver import Interleaver, OpError
 from ..models.loading import load_model
@@ -23,10 +23,25 @@ from ..spec.load import parse_spec
 from ..spec.variants import token_fields
 from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
+from .ids import id_keys
 from .plan import RunPlan, make_plan, min_tokens
 from .selfcheck import SelfCheck, SelfCheckError, pick
 
-__all__ = ["STAGES", "ShardError", "ShardResult", "ShardRunner"]
+__all__ = ["STAGES", "ShardError", "ShardJob", "ShardResult", "ShardRunner"]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What a worker is sent for one shard: its number and its range of global input rows. The
+    worker reads those rows itself (the plan it holds says from which files)."""
+
+    shard: int
+    lo: int
+    hi: int
+
+    @property
+    def rows(self) -> int:
+        return self.hi - self.lo
 
 
 class ShardError(RuntimeError):
@@ -48,13 +63,15 @@ class ShardResult:
     sha256: str | None = None  # of the committed file
     bytes: int = 0  # its size
     self_check: dict[str, Any] = field(default_factory=dict)  # rows rerun alone, max |diff|
+    id_keys: Any = None  # with data.id_field: the sorted uint64 keys of its ids (engine/ids.py)
 
 
-# Where a shard's time goes. forward includes the ops; to_host is the copy of the saves off the
-# device (on a GPU it also waits for the forward's queued kernels); write is the time the worker
-# was blocked on the background writer, including the final flush, fsync and rename.
-# self_check is the time spent running the rows picked again alone.
-STAGES = ("tokenize", "collate", "forward", "to_host", "encode", "write", "self_check")
+# Where a shard's time goes. read is reading and checking its input rows; forward includes
+# the ops; to_host is the copy of the saves off the device (on a GPU it also waits for the
+# forward's queued kernels); write is the time the worker was blocked on the background
+# writer, including the final flush, fsync and rename. self_check is the time spent running
+# the rows picked again alone.
+STAGES = ("read", "tokenize", "collate", "forward", "to_host", "encode", "write", "self_check")
 
 
 class ShardRunner:
@@ -170,14 +187,31 @@ class ShardRunner:
         return pa.RecordBatch.from_arrays(arrays, schema=self.plan.schema)
 
     # -------------------------------------------------------------- run
-    def run_shard(self, shard: int, rows: list[Row]) -> ShardResult:
+    def run_job(self, job: ShardJob) -> ShardResult:
+        """Read the shard's input rows (only the columns the spec needs), then run it."""
         t0 = time.perf_counter()
+        id_kind = "string" if pa.types.is_string(self.plan.schema.field(0).type) else "int64"
+        rows, bad = read_range(
+            self.spec.data, self.plan.source, job.lo, job.hi, token_fields(self.spec), id_kind
+        )
+        read_errors = [(e.example_id, e.reason) for e in bad]
+        result = self.run_shard(job.shard, rows, read_errors, time.perf_counter() - t0)
+        if self.spec.data.id_field is not None:
+            result.id_keys = id_keys(r.example_id for r in rows)
+        return result
+
+    def run_shard(
+        self, shard: int, rows: list[Row], read_errors: list[tuple] = (), read_seconds: float = 0
+    ) -> ShardResult:
+        t0 = time.perf_counter() - read_seconds
         ex = self.spec.execution
         by_id = {r.example_id: r for r in rows}
-        errors: list[tuple] = []
+        errors: list[tuple] = list(read_errors)
         self._stages = dict.fromkeys(STAGES, 0.0)
+        self._stages["read"] = read_seconds
+        t = time.perf_counter()
         encoded = self._encode(rows)
-        self._stages["tokenize"] = time.perf_counter() - t0
+        self._stages["tokenize"] = time.perf_counter() - t
         units = self._units(encoded, by_id, errors)
         writer = ShardWriter(
             self.out,

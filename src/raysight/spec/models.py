@@ -22,7 +22,6 @@ from pydantic import (
 )
 
 from ._base import (
-    MAX_TOKENS,
     Dtype,
     PathText,
     Positions,
@@ -33,6 +32,7 @@ from ._base import (
     tag_by_key,
 )
 from .backward import BackwardSpec, GradOp, MeanLoss, SumLoss
+from .data import DataSpec, PairSpec
 from .generate import GenerateSpec, Steps, parse_steps
 from .output import ExecutionSpec, OutputSpec
 from .reduce import Reduce, TopK
@@ -136,55 +136,6 @@ def code_allowed(context: Any) -> bool:
 def _is_import_path(text: str) -> bool:
     mod, _, attr = text.partition(":")
     return bool(mod and attr) and all(p.isidentifier() for p in mod.split(".") + attr.split("."))
-
-
-class PairSpec(_Strict):
-    fields: list[str] = Field(min_length=2)
-    """Text columns that make one pair (e.g. [clean, corrupt]): each record runs as one row per
-    field, side by side in one batch, so a set can copy a value from a paired row."""
-    position_map: str | None = None
-    """Column holding [[position in the first field's row, position in the second's], ...]
-    for pairs of different lengths (two fields only). Without it, rows are aligned by position
-    and a copy between rows of different lengths is a row error."""
-
-    @model_validator(mode="after")
-    def _check(self) -> PairSpec:
-        if len(set(self.fields)) != len(self.fields):
-            raise ValueError(f"data.pair.fields {self.fields} repeats a field")
-        if self.position_map is not None and len(self.fields) != 2:
-            raise ValueError("data.pair.position_map relates two rows: give exactly two fields")
-        return self
-
-
-class DataSpec(_Strict):
-    source: PathText | None = None
-    """Input file: .jsonl, .parquet, or .txt (one prompt per line)."""
-    prompts: list[Any] | None = None
-    """Inline prompts (instead of `source`): strings, or records like a jsonl line's."""
-    text_field: str = "text"
-    """Column holding the prompt text (jsonl / parquet)."""
-    id_field: str | None = None
-    """Column holding a row id; default: the row's index in the input."""
-    input_field: str | None = None
-    """Column holding a numeric array per row, for models that take tensors, not text."""
-    max_length: int = Field(512, ge=1, le=MAX_TOKENS)
-    """Prompts longer than this many tokens are truncated (the count goes in the manifest)."""
-    add_special_tokens: bool = True
-    """Let the tokenizer add its special tokens (BOS, CLS/SEP), as a plain tokenizer call does."""
-    limit: int | None = Field(None, ge=1)
-    """Read only the first `limit` rows."""
-    pair: PairSpec | None = None
-    """Run each record as a pair of rows (e.g. clean and corrupt prompts) for patching."""
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DataSpec:
-        if (self.source is None) == (self.prompts is None):
-            raise ValueError("give exactly one of data.source or data.prompts")
-        if self.prompts is not None and len(self.prompts) == 0:
-            raise ValueError("data.prompts is empty")
-        if self.pair is not None and self.input_field is not None:
-            raise ValueError("data.pair runs text prompts; it cannot be used with data.input_field")
-        return self
 
 
 # ----------------------------------------------------------------------------- ops
