@@ -145,3 +145,23 @@ class Flaky(torch.nn.Module):
 
 def flaky(width: int = 8, delay: float = 0.0) -> torch.nn.Module:
     return Flaky(width, delay)
+
+
+class Wide(torch.nn.Module):
+    """y[:, j] = 2 * x[:, 0] + 1 for every one of ``width`` outputs: a large, known value from a
+    small input (reader memory tests)."""
+
+    def __init__(self, width: int = 4096):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, width)
+        with torch.no_grad():
+            self.lin.weight.zero_()
+            self.lin.weight[:, 0] = 2.0
+            self.lin.bias.fill_(1.0)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def wide(width: int = 4096) -> torch.nn.Module:
+    return Wide(width)

@@ -13,7 +13,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["Batch", "Encoded", "collate", "encode", "pack", "select", "token_targets", "with_units"]
+__all__ = [
+    "Batch",
+    "Encoded",
+    "collate",
+    "encode",
+    "pack",
+    "select",
+    "token_targets",
+    "windows",
+    "with_units",
+]
 
 
 @dataclass
@@ -27,6 +37,7 @@ class Encoded:
     pos_map: list[list[int]] | None = None  # data.pair.position_map of the row's record
     variant: int = 0  # sweep variant the row runs
     unit: int = 0  # rows of one pair (same example, same variant) share a unit
+    offset: int | None = None  # data.chunk: the window's first token's offset in its document
 
 
 @dataclass
@@ -42,6 +53,7 @@ class Batch:
     members: list[int] | None = None  # per row: its data.pair field
     partners: list[list[int]] | None = None  # per row: batch row of each field of its pair
     pos_maps: list[list[list[int]] | None] | None = None  # per row: its pair's position map
+    offsets: list[int | None] | None = None  # per row: data.chunk's window offset
 
     @property
     def size(self) -> int:
@@ -78,6 +90,41 @@ def encode(tokenizer: Any, rows: list[Any], max_length: int, add_special: bool) 
                 pos_map=pos_map,
             )
         )
+    return out
+
+
+def windows(
+    tokenizer: Any, rows: list[Any], chunk: Any, errors: list, with_text: bool = False
+) -> list[Encoded]:
+    """data.chunk: each row's text tokenized whole (no special tokens) and cut into windows of
+    ``chunk.size`` tokens (a BOS first when ``chunk.bos``), each with its window's text when
+    ``with_text``. A row that gives no window is reported in ``errors``."""
+    if not rows:
+        return []
+    bos = [tokenizer.bos_token_id] if chunk.bos else []
+    width = chunk.size - len(bos)
+    step = chunk.stride or width
+    docs = tokenizer([r.payload for r in rows], add_special_tokens=False, truncation=False)
+    out = []
+    for row, toks in zip(rows, docs["input_ids"]):
+        before = len(out)
+        for off in range(0, len(toks), step):
+            piece = list(toks[off : off + width])
+            if len(piece) < width and chunk.last == "drop":
+                break
+            text = tokenizer.decode(piece) if with_text else None
+            out.append(Encoded(row.example_id, bos + piece, text, offset=off))
+            if off + width >= len(toks):
+                break
+        if len(out) == before and not toks:
+            errors.append((row.example_id, "the text tokenizes to no tokens"))
+        elif len(out) == before:
+            errors.append(
+                (
+                    row.example_id,
+                    f"{len(toks)} tokens, less than one window of {width} (data.chunk.last: drop)",
+                )
+            )
     return out
 
 
@@ -159,6 +206,7 @@ def collate(items: list[Encoded], pad_id: int, side: str, causal: bool) -> Batch
         token_ids=[e.ids for e in items],
         texts=[e.text for e in items],
         targets=[e.targets or {} for e in items],
+        offsets=[e.offset for e in items],
     )
     return with_units(batch, items)
 
@@ -180,6 +228,7 @@ def select(batch: Batch, idx: list[int]) -> Batch:
         pick(batch.targets),
         pick(batch.variants),
         pick(batch.members),
+        offsets=pick(batch.offsets),
     )
 
 

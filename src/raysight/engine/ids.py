@@ -12,15 +12,25 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["IDS_DIR", "PASS_BYTES", "duplicate_ids", "id_keys", "ids_file", "write_keys"]
+__all__ = [
+    "IDS_DIR",
+    "OWN_IDS",
+    "PASS_BYTES",
+    "duplicate_ids",
+    "id_keys",
+    "ids_file",
+    "write_keys",
+]
 
 IDS_DIR = "_ids"
+OWN_IDS = re.compile(r"^part-\d{5,}\.npy$")  # what --overwrite may delete in IDS_DIR
 PASS_BYTES = 64 * 2**20
 
 

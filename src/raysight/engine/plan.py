@@ -196,6 +196,8 @@ def min_tokens(spec: Spec, variant: int | None = None) -> int:
 
 def identity_fields(spec: Spec, kind: str, id_type: pa.DataType) -> list[pa.Field]:
     fields = [pa.field("example_id", id_type, nullable=False)]
+    if spec.data.chunk:
+        fields.append(pa.field("offset", pa.int32(), nullable=False))
     if spec.sweep:
         fields.append(pa.field("variant", pa.int32(), nullable=False))
         for axis, values in spec.sweep.items():
@@ -255,7 +257,7 @@ def make_plan(
         raise PlanError(
             [
                 f"ops: the positions need rows of at least {need} tokens, but rows are cut to "
-                f"{max_length} (data.max_length, or the model's positions)"
+                f"{max_length} (data.max_length or data.chunk.size, or the model's positions)"
             ]
         )
     cols = _infer_columns(spec, meta, hooks, sample, max_length)
@@ -266,11 +268,20 @@ def make_plan(
 
 
 def _max_length(spec: Spec, meta: LoadedModel) -> int:
-    """Tokens a row keeps: data.max_length, but never more than the model has positions for
-    (a longer row would index past its position table). Asking for more, explicitly, is an
-    error; the default is lowered to fit."""
+    """Tokens a row keeps: data.max_length (or data.chunk.size), but never more than the model
+    has positions for (a longer row would index past its position table). Asking for more,
+    explicitly, is an error; the default is lowered to fit."""
     config = getattr(meta.module, "config", None)
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    chunk = spec.data.chunk
+    if chunk is not None:
+        if isinstance(limit, int) and 0 < limit < chunk.size:
+            raise PlanError(
+                [f"data.chunk.size: {chunk.size} tokens, but the model has {limit} positions"]
+            )
+        if chunk.bos and meta.tokenizer is not None and meta.tokenizer.bos_token_id is None:
+            raise PlanError(["data.chunk.bos: the tokenizer has no BOS token; set bos: false"])
+        return chunk.size
     asked = spec.data.max_length
     if not isinstance(limit, int) or limit <= 0 or asked <= limit:
         return asked

@@ -24,7 +24,7 @@ from ..spec.models import Spec
 from ..writers.shard import part_name
 from .signals import as_interrupted, rearm
 
-__all__ = ["ClusterError", "init_ray", "run_on_ray"]
+__all__ = ["ClusterError", "check_shared_output", "init_ray", "run_on_ray", "unseen_by"]
 
 
 class ClusterError(RuntimeError):
@@ -98,6 +98,53 @@ def _check_resources(actors: int, cpus: int, gpus: float) -> None:
         raise ClusterError("; ".join(problems) + " (lower execution.actors or add nodes)")
 
 
+def unseen_by(reports: dict[str, bool]) -> list[str]:
+    """The nodes (of ``reports``: node -> whether it read the probe) that do not see the path."""
+    return sorted(node for node, seen in reports.items() if not seen)
+
+
+def check_shared_output(path: Path) -> None:
+    """On a cluster of several nodes, a local output.path must be one that every node sees
+    (NFS, a parallel filesystem): each node reads a probe file the driver wrote there. A
+    node-local path is refused, rather than scattering shard files over the nodes' disks."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    token = uuid.uuid4().hex
+    probe = path / f"_probe-{token}"
+    probe.write_text(token)
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def sees(where: str, expected: str) -> bool:
+        try:
+            return Path(where).read_text() == expected
+        except OSError:
+            return False
+
+    try:
+        refs = {
+            f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": sees.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(str(probe), token)
+            for n in nodes
+        }
+        reports = dict(zip(refs, ray.get(list(refs.values()), timeout=120)))
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = unseen_by(reports)
+    if blind:
+        raise ClusterError(
+            f"output.path {str(path)!r} is not shared by the cluster's nodes: {len(blind)} of "
+            f"{len(nodes)} do not see it (e.g. node {blind[0]}); on several nodes write to a "
+            "filesystem that every node mounts, or to an object store (s3://...)"
+        )
+
+
 def run_on_ray(
     spec: Spec,
     spec_data: dict,
@@ -118,6 +165,7 @@ def run_on_ray(
     n = min(ex.actors, len(todo))
     started = init_ray(address, n * ex.cpus_per_actor)
     _check_resources(n, ex.cpus_per_actor, ex.gpus_per_actor)
+    check_shared_output(Path(spec.output.path))
     actor_cls = ray.remote(ShardRunner).options(
         num_cpus=ex.cpus_per_actor,
         num_gpus=ex.gpus_per_actor,

@@ -36,7 +36,7 @@ from ..writers.manifest import (
 )
 from ..writers.shard import OWN_FILE
 from .fingerprint import changes, fingerprint
-from .ids import duplicate_ids, write_keys
+from .ids import IDS_DIR, OWN_IDS, duplicate_ids, write_keys
 from .lock import LOCK_FILE, LockHeld, OutputLock
 from .plan import RunPlan
 from .planning import prepare
@@ -124,6 +124,9 @@ def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] |
     # directory or another tool's part-* file.
     for p in out.iterdir():
         if p.is_file() and (OWN_FILE.match(p.name) or p.name in (MANIFEST_FILE, ERRORS_FILE)):
+            p.unlink()
+    for p in (out / IDS_DIR).glob("part-*.npy"):
+        if OWN_IDS.match(p.name):
             p.unlink()
     return None
 

@@ -23,7 +23,7 @@ __all__ = ["SelfCheck", "SelfCheckError", "keys_of", "pick", "tolerance"]
 #: (rtol, atol) per stored dtype: rounding from a different batch shape stays far inside these,
 #: a padding bug (position shifted, a pad token attended) lands far outside them
 _TOLERANCE = {"float32": (1e-3, 1e-4), "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
-_KEY_COLUMNS = ("example_id", "variant", "row", "position")
+_KEY_COLUMNS = ("example_id", "variant", "row", "offset", "position")
 
 
 class SelfCheckError(RuntimeError):

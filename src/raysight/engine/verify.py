@@ -40,7 +40,8 @@ __all__ = ["inspect", "stage_seconds", "verify"]
 
 
 def _read_ids(path: Path, per_token: bool) -> tuple[int, list, pa.Schema]:
-    """Row count, each row's key (example_id, variant, pair row[, position]) and the schema."""
+    """Row count, each row's key (example_id, variant, pair row, window offset[, position]) and
+    the schema."""
     if path.suffix == ".parquet":
         f = pq.ParquetFile(path, page_checksum_verification=True)
         n, schema = f.metadata.num_rows, f.schema_arrow
@@ -56,7 +57,7 @@ def _read_ids(path: Path, per_token: bool) -> tuple[int, list, pa.Schema]:
     return n, list(zip(*cols)), schema
 
 
-_KEY = ("example_id", "variant", "row", "position")
+_KEY = ("example_id", "variant", "row", "offset", "position")
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError, pa.ArrowException)
 # what a manifest must hold, and of which type, for verify to read it
 _REQUIRED = {
@@ -221,11 +222,13 @@ def _n_variants(spec: dict[str, Any]) -> int:
 
 
 def _errors(out: Path) -> tuple[set, set]:
-    """Error report: example ids reported as a whole, and (example_id, variant) reported."""
+    """Error report: example ids reported as a whole, and (example_id, variant) reported. An
+    error of one data.chunk window (its document has other windows) accounts for no row."""
     path = out / ERRORS_FILE
     if not path.exists():
         return set(), set()
     recs = [json.loads(line) for line in path.read_text().splitlines() if line]
+    recs = [r for r in recs if "offset" not in r]
     whole = {r["example_id"] for r in recs if "variant" not in r}
     return whole, {(r["example_id"], r["variant"]) for r in recs if "variant" in r}
 

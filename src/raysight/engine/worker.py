@@ -14,8 +14,17 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from ..data.batching import Batch, Encoded, collate, encode, pack, token_targets, with_units
-from ..data.readers import Row, read_range
+from ..data.batching import (
+    Batch,
+    Encoded,
+    collate,
+    encode,
+    pack,
+    token_targets,
+    windows,
+    with_units,
+)
+from ..data.readers import Row, input_source, read_range
 from ..interleave.actions import SetAction
 from ..interleave.interleaver import Interleaver, OpError
 from ..models.loading import load_model
@@ -58,7 +67,7 @@ class ShardResult:
     padded_tokens: int
     truncated: int
     seconds: float
-    errors: list[tuple] = field(default_factory=list)  # (example_id, reason[, variant])
+    errors: list[tuple] = field(default_factory=list)  # (example_id, reason[, {variant, offset}])
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
     sha256: str | None = None  # of the committed file
     bytes: int = 0  # its size
@@ -94,7 +103,10 @@ class ShardRunner:
         self.loaded = load_model(self.spec.model)
         if plan is None:
             meta = load_model(self.spec.model, meta=True)
-            plan = make_plan(self.spec, sample, pa.type_for_alias(id_type), loaded=meta)
+            source = input_source(self.spec.data)
+            plan = make_plan(
+                self.spec, sample, pa.type_for_alias(id_type), loaded=meta, source=source
+            )
         self.plan = plan
         self.interleaver = Interleaver(self.loaded, self.plan.hooks)
         # each variant has its own positions: a row too short for one variant is an error for
@@ -115,10 +127,13 @@ class ShardRunner:
         )
 
     # -------------------------------------------------------------- inputs
-    def _encode(self, rows: list[Row]) -> list[Encoded]:
+    def _encode(self, rows: list[Row], errors: list) -> list[Encoded]:
         if self.loaded.kind == "tensor":
             return [Encoded(r.example_id, [0]) for r in rows]
         d = self.spec.data
+        if d.chunk is not None:
+            text = self.spec.output.include_text
+            return windows(self.loaded.tokenizer, rows, d.chunk, errors, with_text=text)
         return encode(self.loaded.tokenizer, rows, self.plan.max_length, d.add_special_tokens)
 
     def _collate(self, items: list[Encoded], rows: dict[Any, Row]) -> Batch:
@@ -151,8 +166,10 @@ class ShardRunner:
                 cols[axis] = [str(x) for x in cols[axis]]
         if spec.data.pair:
             cols["row"] = [spec.data.pair.fields[m] for m in batch.members]
+        if spec.data.chunk:
+            cols["offset"] = batch.offsets
         if spec.output.layout == "per_token":
-            for name in ["variant", "row", *(spec.sweep or {})]:
+            for name in ["offset", "variant", "row", *(spec.sweep or {})]:
                 if name in cols:
                     cols[name] = [x for x, n in zip(cols[name], batch.lengths) for _ in range(n)]
             cols["example_id"] = [eid for eid, n in zip(ids, batch.lengths) for _ in range(n)]
@@ -210,7 +227,7 @@ class ShardRunner:
         self._stages = dict.fromkeys(STAGES, 0.0)
         self._stages["read"] = read_seconds
         t = time.perf_counter()
-        encoded = self._encode(rows)
+        encoded = self._encode(rows, errors)
         self._stages["tokenize"] = time.perf_counter() - t
         units = self._units(encoded, by_id, errors)
         writer = ShardWriter(
@@ -288,6 +305,8 @@ class ShardRunner:
         for i in pick(lengths, self.spec.execution.self_check):
             first = units[i][0]
             label = f"row {first.example_id!r}"
+            if first.offset is not None:
+                label += f" window at token {first.offset}"
             if self.spec.sweep:
                 label += f" [{self.spec.variants[first.variant].label}]"
             # a unit that fails alone fails in its batch too, and is reported there
@@ -303,11 +322,14 @@ class ShardRunner:
         example's pair of rows (or its one row) under one variant, and shares a batch."""
         need = self.min_tokens
         columns = sorted({col for col, _ in token_fields(self.spec)})
-        per_example: dict[Any, list[Encoded]] = {}
+        per_unit: dict[tuple, list[Encoded]] = {}  # (example, data.chunk window) -> its rows
         for e in encoded:
-            per_example.setdefault(e.example_id, []).append(e)
+            per_unit.setdefault((e.example_id, e.offset), []).append(e)
         units: list[list[Encoded]] = []
-        for eid, members in per_example.items():
+        failed: set = set()  # examples reported as a whole
+        for (eid, offset), members in per_unit.items():
+            if eid in failed:
+                continue
             problem = None
             if columns:
                 try:
@@ -328,23 +350,31 @@ class ShardRunner:
                 )
             if problem is not None:
                 errors.append((eid, problem))
+                failed.add(eid)
                 continue
             for v in range(len(self.spec.variants)):
                 if self.loaded.kind != "tensor" and min(lengths) < need[v]:
                     short = f"{min(lengths)} tokens, but the ops' positions need at least {need[v]}"
-                    errors.append(self._row_error(eid, short, v))
+                    errors.append(self._row_error(eid, short, v, offset))
                     continue
                 u = len(units)
                 units.append([replace(e, variant=v, unit=u) for e in members])
         return units
 
-    def _row_error(self, example_id: Any, reason: str, variant: int) -> tuple:
-        """An error report entry: for one variant (labelled with its sweep point) under a
-        sweep, for the whole row without one."""
-        if not self.spec.sweep:
-            return (example_id, reason)
-        v = self.spec.variants[variant]
-        return (example_id, f"[{v.label}] {reason}", v.index)
+    def _row_error(
+        self, example_id: Any, reason: str, variant: int, offset: int | None = None
+    ) -> tuple:
+        """An error report entry: (example_id, reason), with a dict of what it is narrowed to:
+        one sweep variant (the reason labelled with its sweep point), one data.chunk window
+        after a document's first (a document's first window stands for the whole document,
+        which has no other window when the first fails)."""
+        extra: dict[str, Any] = {}
+        if self.spec.sweep:
+            v = self.spec.variants[variant]
+            reason, extra["variant"] = f"[{v.label}] {reason}", v.index
+        if offset:
+            reason, extra["offset"] = f"window at token {offset}: {reason}", offset
+        return (example_id, reason, extra) if extra else (example_id, reason)
 
     def _run_group(self, units: list[list[Encoded]], rows: dict[Any, Row], errors: list) -> Any:
         """Run one batch; if it fails, run its units (an example's pair under one variant) alone
@@ -364,7 +394,9 @@ class ShardRunner:
             if len(units) == 1:
                 e, first = failure, units[0][0]
                 reason = str(e) if isinstance(e, OpError) else f"{type(e).__name__}: {e}"
-                errors.append(self._row_error(first.example_id, reason, first.variant))
+                errors.append(
+                    self._row_error(first.example_id, reason, first.variant, first.offset)
+                )
                 if not isinstance(e, OpError):
                     self._model_failures.append(f"row {first.example_id!r}: {reason}")
                 return

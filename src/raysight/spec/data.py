@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from ._base import MAX_TOKENS, PathText, _Strict
 
-__all__ = ["DataSpec", "PairSpec"]
+__all__ = ["ChunkSpec", "DataSpec", "PairSpec"]
 
 
 class PairSpec(_Strict):
@@ -27,6 +27,20 @@ class PairSpec(_Strict):
         if self.position_map is not None and len(self.fields) != 2:
             raise ValueError("data.pair.position_map relates two rows: give exactly two fields")
         return self
+
+
+class ChunkSpec(_Strict):
+    size: int = Field(ge=4, le=MAX_TOKENS)
+    """Tokens per window, the BOS token included when `bos` is on."""
+    stride: int | None = Field(None, ge=1)
+    """Tokens between the starts of consecutive windows; default: the window's text tokens (no
+    overlap). Less than that overlaps windows."""
+    bos: bool = True
+    """Start every window with the tokenizer's BOS token (as SAE training data does); off: the
+    window is text tokens only."""
+    last: Literal["keep", "drop"] = "keep"
+    """A document's last window when it is shorter than the others: keep it, or drop it. A
+    document with no full window under `drop` goes to the error report."""
 
 
 class DataSpec(_Strict):
@@ -53,6 +67,10 @@ class DataSpec(_Strict):
     """Let the tokenizer add its special tokens (BOS, CLS/SEP), as a plain tokenizer call does."""
     limit: int | None = Field(None, ge=1)
     """Read only the first `limit` rows."""
+    chunk: ChunkSpec | None = None
+    """Split each tokenized text into windows of `chunk.size` tokens, one row per window, with
+    the document's id (example_id) and the window's first token's offset in the document
+    (offset). Documents are never truncated; data.max_length does not apply."""
     pair: PairSpec | None = None
     """Run each record as a pair of rows (e.g. clean and corrupt prompts) for patching."""
 
@@ -67,6 +85,26 @@ class DataSpec(_Strict):
                 raise ValueError("data.source names a file or pattern twice")
         if self.prompts is not None and len(self.prompts) == 0:
             raise ValueError("data.prompts is empty")
+        if self.chunk is not None:
+            clash = [
+                f"data.{name}"
+                for name, on in (
+                    ("pair", self.pair is not None),
+                    ("input_field", self.input_field is not None),
+                    # not model_fields_set: a resolved spec (_spec.json, an actor's copy)
+                    # carries the default explicitly
+                    (
+                        "max_length",
+                        self.max_length != type(self).model_fields["max_length"].default,
+                    ),
+                )
+                if on
+            ]
+            if clash:
+                raise ValueError(
+                    f"data.chunk windows whole texts into rows; it cannot be used with "
+                    f"{' or '.join(clash)}"
+                )
         if self.pair is not None and self.input_field is not None:
             raise ValueError("data.pair runs text prompts; it cannot be used with data.input_field")
         return self

@@ -22,6 +22,7 @@ __all__ = ["RESERVED", "expand", "site_key", "token_fields"]
 #: identity columns of a dataset: saves and sweep axes may not take their names
 RESERVED = (
     "example_id",
+    "offset",
     "variant",
     "row",
     "n_tokens",

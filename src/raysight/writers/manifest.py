@@ -129,7 +129,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
 
 def append_errors(directory: Path, shard: int, errors: list[tuple]) -> None:
     """Rewrite the error report with this shard's row errors replacing any earlier ones. An
-    error is (example_id, reason), or (example_id, reason, variant) for one sweep variant."""
+    error is (example_id, reason), or (example_id, reason, {variant, offset}) for one sweep
+    variant or one data.chunk window."""
     path = directory / ERRORS_FILE
     kept = []
     if path.exists():
@@ -137,10 +138,9 @@ def append_errors(directory: Path, shard: int, errors: list[tuple]) -> None:
             rec = json.loads(line)
             if rec.get("shard") != shard:
                 kept.append(rec)
-    for eid, why, *variant in errors:
-        kept.append({"shard": shard, "example_id": eid, "reason": why})
-        if variant:
-            kept[-1]["variant"] = variant[0]
+    for eid, why, *extra in errors:
+        rec = {"shard": shard, "example_id": eid, "reason": why}
+        kept.append({**rec, **(extra[0] if extra else {})})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         for rec in kept:

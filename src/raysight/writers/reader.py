@@ -7,13 +7,17 @@ torch tensors, and per-row token dimensions back to a list of tensors.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import torch
@@ -28,7 +32,7 @@ from .manifest import (
     same_schema,
 )
 
-__all__ = ["DamagedDataset", "Dataset", "open_dataset"]
+__all__ = ["DamagedDataset", "Dataset", "UnknownColumn", "open_dataset"]
 
 
 class DamagedDataset(RuntimeError):
@@ -55,6 +59,10 @@ class Dataset:
         planned = read_schema_ipc(manifest["schema_ipc"]) if "schema_ipc" in manifest else None
         for k, entry in self._shards.items():  # cheap checks now; page checksums on read
             self._check(k, entry, planned)
+        if planned is None:  # an older manifest: the first file's schema
+            planned = _file_schema(self.files[0]) if self._shards else pa.schema([])
+        self._schema: pa.Schema = planned
+        self._info = {c["name"]: c for c in manifest["columns"]}
         if self.missing:
             warnings.warn(
                 f"{self.path} is incomplete: shard(s) {self.missing} are not finished (rerun the "
@@ -76,11 +84,7 @@ class Dataset:
         if planned is None:
             return
         try:
-            if f.suffix == ".parquet":
-                schema = pq.read_schema(f)
-            else:
-                with pa.memory_map(str(f)) as src:
-                    schema = ipc.open_file(src).schema
+            schema = _file_schema(f)
         except (OSError, pa.ArrowException) as e:
             raise DamagedDataset(f"shard {k}: {f.name} cannot be read ({e})") from None
         if not same_schema(schema, planned):
@@ -90,38 +94,177 @@ class Dataset:
     def files(self) -> list[Path]:
         return [self.path / s["file"] for s in self._shards.values()]
 
-    def table(self, columns: list[str] | None = None) -> pa.Table:
-        tables = []
-        for k, f in zip(self._shards, self.files):
-            try:
-                if f.suffix == ".parquet":
-                    tables.append(
-                        pq.read_table(f, columns=columns, page_checksum_verification=True)
-                    )
-                else:
-                    with pa.memory_map(str(f)) as src:
-                        t = ipc.open_file(src).read_all()
-                    tables.append(t.select(columns) if columns else t)
-            except (OSError, pa.ArrowException) as e:
-                raise DamagedDataset(
-                    f"shard {k}: {f.name} cannot be read ({e}); run raysight verify"
-                ) from None
-        if not tables:
-            raise FileNotFoundError(f"{self.path} has no finished data files yet")
-        return pa.concat_tables(tables)
-
     @property
     def columns(self) -> list[str]:
-        return [c["name"] for c in self.manifest["columns"]]
+        """The saved values' columns (``schema.names`` has the identity columns too)."""
+        return list(self._info)
 
-    def to_torch(self, column: str) -> torch.Tensor | list[torch.Tensor]:
-        """A saved column as one tensor [rows, ...], or a list when rows differ in length."""
-        info = next((c for c in self.manifest["columns"] if c["name"] == column), None)
-        if info is None:
-            t = self.table([column]).column(column).combine_chunks()
-            return torch.as_tensor(t.to_numpy(zero_copy_only=False))
-        arr = self.table([column]).column(column).combine_chunks()
-        return decode(arr, info["dtype"], [d for d in info["shape"]])
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s["rows"] for s in self._shards.values())
+
+    # -------------------------------------------------------------- streaming
+    def iter_batches(
+        self,
+        columns: list[str] | None = None,
+        rows: range | slice | None = None,
+        batch_rows: int = 65_536,
+        filter: Any = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Record batches of ``columns`` (default: all), in shard order, at most ``batch_rows``
+        rows each; memory is bounded by the batch, not the dataset. ``filter`` is a pyarrow
+        compute expression (``pc.field("example_id") == 3``) pushed down to the files;
+        ``rows`` selects a range of the rows (after ``filter``) and skips whole shards."""
+        cols = self._checked(columns)
+        start, stop = _bounds(rows)
+        pos = 0  # rows (after the filter) before the current shard
+        for k, entry in self._shards.items():
+            if filter is None and stop is not None and pos >= stop:
+                return
+            if filter is None and pos + entry["rows"] <= start:
+                pos += entry["rows"]
+                continue
+            for batch in self._scan(k, entry, cols, filter, batch_rows):
+                lo, hi = max(start - pos, 0), batch.num_rows
+                if stop is not None:
+                    hi = min(hi, stop - pos)
+                pos += batch.num_rows
+                if lo < hi:
+                    yield batch.slice(lo, hi - lo)
+                if stop is not None and pos >= stop:
+                    return
+
+    def iter_torch(
+        self,
+        columns: list[str] | None = None,
+        rows: range | slice | None = None,
+        batch_rows: int = 4096,
+        filter: Any = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Dicts of column -> torch tensor [batch, ...] (a list of tensors where rows differ in
+        length; a list of str for text and string ids), one per batch of ``batch_rows`` rows."""
+        for batch in self.iter_batches(columns, rows, batch_rows, filter):
+            yield {name: self._to_torch(name, batch.column(name)) for name in batch.schema.names}
+
+    def table(
+        self,
+        columns: list[str] | None = None,
+        filter: Any = None,
+    ) -> pa.Table:
+        """The dataset (or ``columns``, or the rows passing ``filter``) as one pyarrow table."""
+        if not self._shards:
+            raise FileNotFoundError(f"{self.path} has no finished data files yet")
+        cols = self._checked(columns)
+        batches = list(self.iter_batches(cols, filter=filter))
+        return pa.Table.from_batches(batches, schema=self.schema_of(cols))
+
+    def to_torch(
+        self,
+        column: str,
+        rows: range | slice | None = None,
+        filter: Any = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """A column as one tensor [rows, ...], or a list when rows differ in length. A
+        fixed-shape column is decoded batch by batch into one tensor allocated up front, so
+        the peak is the result and one batch."""
+        (name,) = self._checked([column])
+        info = self._info.get(name)
+        if info is None or (info["shape"] and info["shape"][0] is None):
+            parts = [
+                self._to_torch(name, b.column(name))
+                for b in self.iter_batches([name], rows, filter=filter)
+            ]
+            if parts and isinstance(parts[0], torch.Tensor):
+                return torch.cat(parts)
+            return [x for p in parts for x in p]
+        n = self._count(rows, filter)
+        out = torch.empty((n, *info["shape"]), dtype=_TORCH[info["dtype"]])
+        # batches of ~1/20 of the result (1-64 MiB): the peak stays near 1.1x the result
+        row_bytes = max(1, out[:1].nbytes)
+        target = min(64 * 2**20, max(2**20, n * row_bytes // 20))
+        # copied once, straight from the Arrow buffers into the result
+        flat = (out.view(torch.int16) if out.dtype == torch.bfloat16 else out).numpy().reshape(-1)
+        width, at = flat.size // max(n, 1), 0
+        for batch in self.iter_batches([name], rows, max(1, target // row_bytes), filter):
+            values = fixed_view(batch.column(name), info["dtype"], list(info["shape"]))
+            flat[at * width : (at + batch.num_rows) * width] = values.view(flat.dtype)
+            at += batch.num_rows
+            pa.default_memory_pool().release_unused()  # keep freed batches off the RSS
+        return out
+
+    # -------------------------------------------------------------- helpers
+    def _checked(self, columns: list[str] | None) -> list[str]:
+        if columns is None:
+            return list(self._schema.names)
+        if isinstance(columns, str):
+            columns = [columns]
+        unknown = [c for c in columns if c not in self._schema.names]
+        if unknown:
+            raise UnknownColumn(
+                f"{self.path}: no column {', '.join(map(repr, unknown))}; the columns are "
+                + ", ".join(self._schema.names)
+            )
+        return list(columns)
+
+    def schema_of(self, columns: list[str]) -> pa.Schema:
+        """The schema of ``columns`` (what iter_batches yields for them)."""
+        return pa.schema([self._schema.field(c) for c in columns])
+
+    def _scan(
+        self,
+        k: int,
+        entry: dict[str, Any],
+        cols: list[str],
+        filter: Any,
+        batch_rows: int,
+    ) -> Iterator[pa.RecordBatch]:
+        f = self.path / entry["file"]
+        try:
+            # little read-ahead: pyarrow's default (16 batches) would hold ~16 batches at once;
+            # one thread: each scan thread's allocator keeps what it freed
+            scanner = self._file(entry).scanner(
+                columns=cols,
+                filter=filter,
+                batch_size=batch_rows,
+                batch_readahead=1,
+                fragment_readahead=1,
+                use_threads=False,
+            )
+            yield from scanner.to_batches()
+        except (OSError, pa.ArrowException) as e:
+            raise DamagedDataset(
+                f"shard {k}: {f.name} cannot be read ({e}); run raysight verify"
+            ) from None
+
+    def _file(self, entry: dict[str, Any]) -> pads.Dataset:
+        """One shard's file as a pyarrow dataset (projection and filters pushed down; Parquet
+        page checksums verified)."""
+        fmt = _PARQUET if entry["file"].endswith(".parquet") else "ipc"
+        return pads.dataset(str(self.path / entry["file"]), format=fmt, schema=self._schema)
+
+    def _count(self, rows: range | slice | None, filter: Any) -> int:
+        if filter is None:
+            n = self.num_rows
+        else:
+            try:
+                n = sum(self._file(e).count_rows(filter=filter) for e in self._shards.values())
+            except (OSError, pa.ArrowException) as e:
+                raise DamagedDataset(f"{self.path}: cannot count rows ({e})") from None
+        start, stop = _bounds(rows)
+        return max(0, min(n, n if stop is None else stop) - start)
+
+    def _to_torch(self, name: str, col: pa.ChunkedArray | pa.Array) -> Any:
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        info = self._info.get(name)
+        if info is not None:
+            return decode(arr, info["dtype"], list(info["shape"]))
+        if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+            return torch.from_numpy(arr.to_numpy(zero_copy_only=False).copy())
+        return arr.to_pylist()
 
     def polars(self):
         import polars as pl
@@ -145,15 +288,69 @@ class Dataset:
         return datasets.Dataset(pa.table(cols, names=table.column_names))
 
     def ray(self):
+        """A Ray Dataset over the shard files, one block per file (Parquet or Arrow IPC)."""
         import ray.data
 
-        return ray.data.read_parquet([str(f) for f in self.files])
+        files = [str(f) for f in self.files]
+        if self.manifest.get("format_files", "parquet") == "parquet":
+            return ray.data.read_parquet(files)
+        from ._ray_arrow import ArrowIPCDatasource
+
+        return ray.data.read_datasource(ArrowIPCDatasource(files))
 
     def errors(self) -> list[dict[str, Any]]:
         p = self.path / ERRORS_FILE
         if not p.exists():
             return []
         return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line]
+
+
+class UnknownColumn(KeyError):
+    """A column the dataset does not have; the message lists the ones it has."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _use_jemalloc() -> None:
+    """Make jemalloc pyarrow's allocator, unless ARROW_DEFAULT_MEMORY_POOL chose one. Measured
+    (benchmarks/reader_memory.py): over a 384 MiB column, a pass of iter_torch peaked at 0.25x
+    of it with jemalloc and 0.7-1.07x with the default mimalloc, which keeps freed batches, and
+    to_torch at 1.14x against 1.45-1.6x. A scanner's own memory_pool does not cover the Parquet
+    decoder's allocations, so the default is what must change."""
+    if (
+        os.environ.get("ARROW_DEFAULT_MEMORY_POOL")
+        or pa.default_memory_pool().backend_name != "mimalloc"
+    ):
+        return
+    with contextlib.suppress(NotImplementedError):  # a pyarrow build without jemalloc
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+
+
+# Page checksums verified on every read. No pre-buffering: it caches whole row groups, which
+# helps on high-latency object stores and only costs memory on a local disk.
+_PARQUET = pads.ParquetFileFormat(
+    default_fragment_scan_options=pads.ParquetFragmentScanOptions(
+        page_checksum_verification=True, pre_buffer=False
+    )
+)
+
+
+def _bounds(rows: range | slice | None) -> tuple[int, int | None]:
+    """[start, stop) of a contiguous row selection (stop None: to the end)."""
+    if rows is None:
+        return 0, None
+    step = rows.step if rows.step is not None else 1
+    if step != 1 or (rows.start or 0) < 0 or (rows.stop is not None and rows.stop < 0):
+        raise ValueError(f"rows={rows!r}: give a contiguous, non-negative range")
+    return rows.start or 0, rows.stop
+
+
+def _file_schema(f: Path) -> pa.Schema:
+    if f.suffix == ".parquet":
+        return pq.read_schema(f)
+    with pa.memory_map(str(f)) as src:
+        return ipc.open_file(src).schema
 
 
 def _from_numpy(flat: np.ndarray, dtype: str) -> torch.Tensor:
@@ -181,9 +378,23 @@ def decode(arr: pa.Array, dtype: str, shape: list[int | None]) -> torch.Tensor |
         return [
             values[offsets[i] * width : offsets[i + 1] * width].reshape(-1, *rest) for i in range(n)
         ]
+    return _from_numpy(fixed_view(arr, dtype, rest), dtype).reshape(n, *rest)
+
+
+def fixed_view(arr: pa.Array, dtype: str, rest: list[int]) -> np.ndarray:
+    """The values of a fixed-shape tensor column as one flat, read-only numpy view of the Arrow
+    buffers (no copy where the storage allows; bfloat16 as its uint16 bits)."""
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    n, width = len(arr), int(np.prod(rest)) if rest else 1
+    if pa.types.is_fixed_size_binary(arr.type):
+        item = _TORCH[dtype].itemsize
+        start = arr.offset * width * item
+        buf = np.frombuffer(arr.buffers()[1], dtype=np.uint8)[start : start + n * width * item]
+        return buf.view(np.uint16 if dtype == "bfloat16" else _NP[_TORCH[dtype]])
     if rest:
         arr = arr.flatten()
-    return _from_numpy(arr.to_numpy(zero_copy_only=False), dtype).reshape(n, *rest)
+    return arr.to_numpy(zero_copy_only=False)
 
 
 def _decode_bytes(
@@ -194,9 +405,7 @@ def _decode_bytes(
     item = _TORCH[dtype].itemsize
     raw = np.uint16 if dtype == "bfloat16" else _NP[_TORCH[dtype]]
     if not variable:
-        start = arr.offset * width * item
-        buf = np.frombuffer(arr.buffers()[1], dtype=np.uint8)[start : start + n * width * item]
-        return _from_numpy(buf.view(raw), dtype).reshape(n, *rest)
+        return _from_numpy(fixed_view(arr, dtype, rest), dtype).reshape(n, *rest)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     values = _from_numpy(data.view(raw), dtype)
@@ -205,5 +414,7 @@ def _decode_bytes(
 
 
 def open_dataset(path: str | Path) -> Dataset:
-    """Open a raysight output directory."""
+    """Open a raysight output directory (pyarrow's allocator becomes jemalloc, see
+    _use_jemalloc)."""
+    _use_jemalloc()
     return Dataset(path)
