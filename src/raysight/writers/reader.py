@@ -183,9 +183,9 @@ class Dataset:
             return [x for p in parts for x in p]
         n = self._count(rows, filter)
         out = torch.empty((n, *info["shape"]), dtype=_TORCH[info["dtype"]])
-        # batches of ~1/20 of the result (1-64 MiB): the peak stays near 1.1x the result
+        # batches of ~1/40 of the result (1-64 MiB): the peak stays near 1.1-1.2x the result
         row_bytes = max(1, out[:1].nbytes)
-        target = min(64 * 2**20, max(2**20, n * row_bytes // 20))
+        target = min(64 * 2**20, max(2**20, n * row_bytes // 40))
         # copied once, straight from the Arrow buffers into the result
         flat = (out.view(torch.int16) if out.dtype == torch.bfloat16 else out).numpy().reshape(-1)
         width, at = flat.size // max(n, 1), 0
