@@ -134,11 +134,13 @@ def test_a_second_driver_is_refused_while_the_first_holds_the_lock(tiny_dirs, tm
 
 # ----------------------------------------------------------------------------- resume
 def _interrupted(out) -> None:
-    """Make a finished dataset look like one whose driver died after its first shard."""
+    """Make a finished dataset look like one whose driver died after its first shard: the
+    later shards are neither in the manifest nor recorded as complete."""
     path = out / "_manifest.json"
     m = json.loads(path.read_text())
     for k in list(m["shards"])[1:]:
         del m["shards"][k]
+        (out / "_shards" / f"part-{int(k):05d}.json").unlink()
     path.write_text(json.dumps(m))
 
 
@@ -186,26 +188,27 @@ def test_a_manifest_that_cannot_be_written_is_a_message_and_keeps_what_is_done(
     tiny_dirs, tmp_path, monkeypatch
 ):
     """ENOSPC while recording a shard: the run stops with a message naming output.path, the
-    shards recorded before stay, and the rerun finishes the rest."""
+    shards recorded before stay, and the rerun adopts the shard whose completion record was
+    written just before the manifest failed, and finishes the rest."""
     import errno
 
     from raysight.engine import run as run_module
 
     out = tmp_path / "o"
     spec = make_spec(tiny_dirs["gpt2"], out, OPS, execution={"shard_rows": 3})
-    real, calls = run_module.write_json_atomic, []
+    real = run_module.write_json
 
-    def full_disk(path, data):
-        calls.append(path.name)
-        if path.name == "_manifest.json" and len(data.get("shards", {})) == 2:
+    def full_disk(store, name, data):
+        if name == "_manifest.json" and len(data.get("shards", {})) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+        real(store, name, data)
 
-    monkeypatch.setattr(run_module, "write_json_atomic", full_disk)
+    monkeypatch.setattr(run_module, "write_json", full_disk)
     with pytest.raises(OutputError, match=r"cannot write the manifest .*No space left"):
         raysight.run(spec, log=lambda _: None)
-    monkeypatch.setattr(run_module, "write_json_atomic", real)
+    monkeypatch.setattr(run_module, "write_json", real)
     kept = json.loads((out / "_manifest.json").read_text())["shards"]
     assert list(kept) == ["0"]
+    assert (out / "_shards" / "part-00001.json").exists()  # recorded before the manifest failed
     summary = raysight.run(spec, log=lambda _: None)
-    assert summary.shards_run == 3 and verify(out) == []
+    assert summary.shards_run == 2 and verify(out) == []  # shard 1 adopted, 2 and 3 run

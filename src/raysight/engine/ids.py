@@ -11,17 +11,17 @@ confirmed against the shards' example_id columns (a hash collision is not a dupl
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
-import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..writers.store import Store
+
 __all__ = [
     "IDS_DIR",
-    "OWN_IDS",
     "PASS_BYTES",
     "duplicate_ids",
     "id_keys",
@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 IDS_DIR = "_ids"
-OWN_IDS = re.compile(r"^part-\d{5,}\.npy$")  # what --overwrite may delete in IDS_DIR
 PASS_BYTES = 64 * 2**20
 
 
@@ -45,34 +44,38 @@ def id_keys(ids: Iterable[Any]) -> np.ndarray:
     return np.sort(np.fromiter((_key(i) for i in ids), dtype=np.uint64))
 
 
-def ids_file(out: Path, shard: int) -> Path:
-    return out / IDS_DIR / f"part-{shard:05d}.npy"
+def ids_file(shard: int) -> str:
+    return f"{IDS_DIR}/part-{shard:05d}.npy"
 
 
-def write_keys(out: Path, shard: int, keys: np.ndarray) -> None:
-    path = ids_file(out, shard)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, keys, allow_pickle=False)
-    tmp.replace(path)
+def write_keys(out: Store, shard: int, keys: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, keys, allow_pickle=False)
+    out.write_bytes(ids_file(shard), buf.getvalue())
+
+
+def _load(out: Store, shard: int) -> np.ndarray:
+    """A shard's keys: memory-mapped on a local disk, downloaded from an object store."""
+    if out.local:
+        return np.load(out.dir / ids_file(shard), mmap_mode="r", allow_pickle=False)
+    return np.load(io.BytesIO(out.read_bytes(ids_file(shard))), allow_pickle=False)
 
 
 def duplicate_ids(
-    out: Path, shards: list[int], read_ids: Any, limit: int = 5
+    out: Store, shards: list[int], read_ids: Any, limit: int = 5
 ) -> tuple[int, list[tuple[Any, list[int]]]]:
     """(how many ids appear in more than one shard, up to ``limit`` of them with their shards).
 
     ``read_ids(shard)`` gives a shard's example_id values, read only to confirm candidates.
     """
-    arrays = {k: np.load(ids_file(out, k), mmap_mode="r", allow_pickle=False) for k in shards}
-    total = sum(len(a) for a in arrays.values())
+    total = sum((out.size(ids_file(k)) or 0) // 8 for k in shards)  # .npy: 8 bytes a key
     passes = max(1, -(-total * 12 // PASS_BYTES))  # 8 bytes of key + 4 of shard per row
     edges = [2**64 * i // passes for i in range(passes + 1)]
     candidates: dict[int, set[int]] = {}
     for lo, hi in itertools.pairwise(edges):
         keys, owners = [], []
-        for k, a in arrays.items():
+        for k in shards:  # loaded again each pass: only this pass's range is held
+            a = _load(out, k)
             i, j = np.searchsorted(a, [np.uint64(lo), np.uint64(min(hi, 2**64 - 1))])
             if hi == 2**64:
                 j = len(a)

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from ..spec.models import Spec
 from ..writers.shard import part_name
+from ..writers.store import is_uri
 from .signals import as_interrupted, rearm
 
 __all__ = ["ClusterError", "check_shared_output", "init_ray", "run_on_ray", "unseen_by"]
@@ -165,7 +166,8 @@ def run_on_ray(
     n = min(ex.actors, len(todo))
     started = init_ray(address, n * ex.cpus_per_actor)
     _check_resources(n, ex.cpus_per_actor, ex.gpus_per_actor)
-    check_shared_output(Path(spec.output.path))
+    if not is_uri(spec.output.path):
+        check_shared_output(Path(spec.output.path))
     actor_cls = ray.remote(ShardRunner).options(
         num_cpus=ex.cpus_per_actor,
         num_gpus=ex.gpus_per_actor,
@@ -239,6 +241,8 @@ def _abandon(pool: list, inflight: dict, spec: Spec) -> None:
         ray.kill(actor, no_restart=True)
     if inflight:  # wait until the actors are gone, so no file is written after we clean up
         ray.wait(list(inflight), num_returns=len(inflight), timeout=30)
+    if is_uri(spec.output.path):  # an unfinished upload leaves no object to drop
+        return
     out = Path(spec.output.path)
     for _actor, job in inflight.values():
         for tmp in out.glob(f".{part_name(job.shard, spec.output.format)}.*.tmp"):

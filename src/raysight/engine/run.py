@@ -8,6 +8,7 @@ unless ``overwrite`` is given; a directory that is not a raysight dataset is nev
 from __future__ import annotations
 
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -26,17 +27,21 @@ from ..writers.manifest import (
     ERRORS_FILE,
     FORMAT,
     MANIFEST_FILE,
+    RECORDS_DIR,
     SPEC_FILE,
     ManifestError,
+    adopt_records,
     append_errors,
     header_sha256,
     read_manifest,
     schema_ipc,
-    write_json_atomic,
+    write_json,
+    write_record,
 )
 from ..writers.shard import OWN_FILE
+from ..writers.store import Store
 from .fingerprint import changes, fingerprint
-from .ids import IDS_DIR, OWN_IDS, duplicate_ids, write_keys
+from .ids import IDS_DIR, duplicate_ids, write_keys
 from .lock import LOCK_FILE, LockHeld, OutputLock
 from .plan import RunPlan
 from .planning import prepare
@@ -45,6 +50,9 @@ from .signals import Interrupted, interruptible
 from .worker import ShardJob, ShardResult, ShardRunner
 
 __all__ = ["OutputError", "RunFailed", "RunSummary", "run"]
+
+#: names under _ids/ and _shards/ that raysight writes (and --overwrite may delete)
+OWN_RECORD = re.compile(r"^part-\d{5,}\.(npy|json)$")
 
 
 class OutputError(RuntimeError):
@@ -68,7 +76,7 @@ class RunSummary:
 
     def __str__(self) -> str:
         tps = self.tokens / self.seconds if self.seconds else 0.0
-        where = f" (listed in {Path(self.path) / ERRORS_FILE})" if self.errors else ""
+        where = f" (listed in {self.path.rstrip('/')}/{ERRORS_FILE})" if self.errors else ""
         return (
             f"{self.path}: {self.examples} examples -> {self.rows} rows in {self.shards} "
             f"shard(s) ({self.shards_run} run now), {self.errors} row error(s){where}, "
@@ -91,7 +99,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] | None:
+def _prepare_output(out: Store, digest: str, overwrite: bool) -> dict[str, Any] | None:
     """The existing manifest to resume from, or None for a fresh start."""
     try:
         manifest = read_manifest(out)
@@ -99,39 +107,42 @@ def _prepare_output(out: Path, digest: str, overwrite: bool) -> dict[str, Any] |
         raise OutputError(f"output.path: {e}; nothing was deleted") from None
     if manifest is not None and manifest.get("format") != FORMAT:
         raise OutputError(
-            f"output.path {str(out)!r} holds a _manifest.json that raysight did not write "
+            f"output.path {out.uri!r} holds a _manifest.json that raysight did not write "
             f"(format {manifest.get('format')!r}); choose another path (nothing was deleted)"
         )
-    if manifest is not None:  # a killed run may have left unfinished (hidden) shard files
-        for stale in out.glob(".part-*.tmp"):
+    if manifest is not None and out.local:  # a killed run may have left unfinished shard files
+        for stale in out.dir.glob(".part-*.tmp"):
             if OWN_FILE.match(stale.name):
                 stale.unlink()
     if manifest is None:
-        if any(p for p in out.iterdir() if p.name not in (SPEC_FILE, LOCK_FILE)):
+        if any(n for n in out.top_names() if n not in (SPEC_FILE, LOCK_FILE)):
             raise OutputError(
-                f"output.path {str(out)!r} exists, is not empty and holds no "
+                f"output.path {out.uri!r} exists, is not empty and holds no "
                 "raysight dataset; choose another path (nothing was deleted)"
             )
         return None
     if manifest.get("spec_hash") == digest:
+        if isinstance(manifest.get("shards"), dict):
+            adopt_records(out, manifest)
         return manifest
     if not overwrite:
         raise OutputError(
-            f"output.path {str(out)!r} holds a dataset of a different spec (hash "
+            f"output.path {out.uri!r} holds a dataset of a different spec (hash "
             f"{manifest.get('spec_hash')} vs {digest}); use another path or --overwrite"
         )
-    # Only what raysight writes is deleted: its shard files by their exact names, never a
-    # directory or another tool's part-* file.
-    for p in out.iterdir():
-        if p.is_file() and (OWN_FILE.match(p.name) or p.name in (MANIFEST_FILE, ERRORS_FILE)):
-            p.unlink()
-    for p in (out / IDS_DIR).glob("part-*.npy"):
-        if OWN_IDS.match(p.name):
-            p.unlink()
+    # Only what raysight writes is deleted: its shard files and records by their exact names,
+    # never a directory or another tool's part-* file.
+    for name in out.names():
+        top, _, rest = name.partition("/")
+        own = (not rest and (OWN_FILE.match(top) or top in (MANIFEST_FILE, ERRORS_FILE))) or (
+            top in (IDS_DIR, RECORDS_DIR) and OWN_RECORD.match(rest)
+        )
+        if own:
+            out.delete(name)
     return None
 
 
-def _saver(out: Path, manifest: dict[str, Any]) -> Callable[..., None]:
+def _saver(out: Store, manifest: dict[str, Any]) -> Callable[..., None]:
     """save(): write the manifest (or run ``write`` first); a full or read-only disk becomes an
     OutputError, the files already committed stay."""
 
@@ -139,10 +150,10 @@ def _saver(out: Path, manifest: dict[str, Any]) -> Callable[..., None]:
         try:
             if write is not None:
                 write()
-            write_json_atomic(out / MANIFEST_FILE, manifest)
+            write_json(out, MANIFEST_FILE, manifest)
         except OSError as e:
             raise OutputError(
-                f"output.path {str(out)!r}: cannot write the manifest ({e}); the shards it "
+                f"output.path {out.uri!r}: cannot write the manifest ({e}); the shards it "
                 "already lists are kept, rerun the same command to resume"
             ) from None
 
@@ -168,14 +179,14 @@ def run(
     RunFailed when shards still fail after their retries (finished shards are kept)."""
     tty = log is None and sys.stderr.isatty()  # a progress bar only for a person watching
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    out = Path(spec.output.path)
     try:
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"output.path {str(out)!r} is a file, not a directory")
-        out.mkdir(parents=True, exist_ok=True)
+        out = Store(spec.output.path)
+        if out.local and out.dir.exists() and not out.dir.is_dir():
+            raise OutputError(f"output.path {out.uri!r} is a file, not a directory")
+        out.mkdir()
         lock = OutputLock(out).acquire()
-    except OSError as e:  # under a file, in /proc, read-only, no space left...
-        raise OutputError(f"output.path {str(out)!r}: cannot write there ({e})") from None
+    except OSError as e:  # under a file, in /proc, read-only, no space left, no bucket...
+        raise OutputError(f"output.path {spec.output.path!r}: cannot write there ({e})") from None
     except LockHeld as e:
         raise OutputError(str(e)) from None
     try:
@@ -186,7 +197,7 @@ def run(
 
 def _run_locked(
     spec: Spec,
-    out: Path,
+    out: Store,
     overwrite: bool,
     base_dir: Path,
     log: Callable[[str], None],
@@ -198,9 +209,9 @@ def _run_locked(
     spec_data = spec_to_dict(spec)
     try:
         previous = _prepare_output(out, digest, overwrite)
-        write_json_atomic(out / SPEC_FILE, {"spec_hash": digest, "spec": spec_data})
+        write_json(out, SPEC_FILE, {"spec_hash": digest, "spec": spec_data})
     except OSError as e:  # read-only, no space left...
-        raise OutputError(f"output.path {str(out)!r}: cannot write there ({e})") from None
+        raise OutputError(f"output.path {out.uri!r}: cannot write there ({e})") from None
 
     prepared = prepare(spec, base_dir)  # the input from metadata, a sample of rows, the plan
     plan, total, ids = prepared.plan, prepared.total, prepared.id_type
@@ -216,7 +227,7 @@ def _run_locked(
             changed.insert(0, "its manifest's header was edited (raysight verify says more)")
         if changed:
             raise OutputError(
-                f"output.path {str(out)!r} holds a partial run that this one cannot resume: "
+                f"output.path {out.uri!r} holds a partial run that this one cannot resume: "
                 f"{'; '.join(changed)}. Restore what changed, or start over with --overwrite"
             )
     manifest = previous or {
@@ -241,18 +252,18 @@ def _run_locked(
     todo = []
     for job in _jobs(total, spec.execution.shard_rows):
         entry = manifest["shards"].get(str(job.shard))
-        if entry and entry.get("status") == "done" and (out / entry["file"]).exists():
+        if entry and entry.get("status") == "done" and out.is_file(entry["file"]):
             continue
         todo.append(job)
     n_shards = max(1, -(-total // spec.execution.shard_rows))
-    log(f"raysight: {total} input rows, {n_shards} shard(s), {len(todo)} to run -> {out}")
+    log(f"raysight: {total} input rows, {n_shards} shard(s), {len(todo)} to run -> {out.uri}")
     progress = Progress(sum(j.rows for j in todo), len(todo), log, tty=tty)
 
     def done(res: ShardResult) -> None:
         errors = res.errors
         if res.id_keys is not None:  # before the manifest lists the shard done
             write_keys(out, res.shard, res.id_keys)
-        manifest["shards"][str(res.shard)] = {
+        entry = manifest["shards"][str(res.shard)] = {
             "status": "done",
             "file": res.file,
             "bytes": res.bytes,
@@ -267,8 +278,13 @@ def _run_locked(
             "stages": {k: round(v, 4) for k, v in res.stages.items()},
             "self_check": res.self_check,
         }
-        # the errors first: a shard the manifest lists done always has its errors reported
-        save(lambda: append_errors(out, res.shard, errors))
+        # the errors and the completion record first: a shard listed done has both
+
+        def write() -> None:
+            append_errors(out, res.shard, errors)
+            write_record(out, res.shard, entry, errors)
+
+        save(write)
         progress.shard_done(res.shard, res.examples, res.tokens, len(errors))
 
     def failed(shard: int, reason: str, attempts: int) -> None:
@@ -284,7 +300,7 @@ def _run_locked(
     except Interrupted as e:
         kept = sum(s["status"] == "done" for s in manifest["shards"].values())
         log(
-            f"raysight: {e}; {kept} finished shard(s) kept in {out}, no partial files left; "
+            f"raysight: {e}; {kept} finished shard(s) kept in {out.uri}, no partial files left; "
             "rerun the same command to resume"
         )
         raise
@@ -292,7 +308,7 @@ def _run_locked(
         progress.close()
     finished = [s for s in manifest["shards"].values() if s["status"] == "done"]
     summary = RunSummary(
-        str(out),
+        out.uri,
         n_shards,
         len(todo),
         sum(s["examples"] for s in finished),
@@ -316,14 +332,14 @@ def _run_locked(
     return summary
 
 
-def _check_ids(spec: Spec, out: Path, manifest: dict[str, Any]) -> None:
+def _check_ids(spec: Spec, out: Store, manifest: dict[str, Any]) -> None:
     """Refuse a dataset in which two shards wrote the same id (see engine/ids.py)."""
     shards = manifest["shards"]
     if spec.data.id_field is None or any(s["status"] != "done" for s in shards.values()):
         return
 
     def read_ids(k: int) -> list:
-        return _shard_ids(out / shards[str(k)]["file"])
+        return _shard_ids(out, shards[str(k)]["file"])
 
     n, some = duplicate_ids(out, sorted(int(k) for k in shards), read_ids)
     if n:
@@ -335,14 +351,14 @@ def _check_ids(spec: Spec, out: Path, manifest: dict[str, Any]) -> None:
         )
 
 
-def _shard_ids(path: Path) -> list:
+def _shard_ids(out: Store, name: str) -> list:
     import pyarrow.ipc as ipc
     import pyarrow.parquet as pq
 
-    if path.suffix == ".parquet":
-        return pq.read_table(path, columns=["example_id"]).column(0).to_pylist()
-    with pa.memory_map(str(path)) as src:
-        return ipc.open_file(src).read_all().column("example_id").to_pylist()
+    with out.open_input(name) as f:
+        if name.endswith(".parquet"):
+            return pq.read_table(f, columns=["example_id"]).column(0).to_pylist()
+        return ipc.open_file(f).read_all().column("example_id").to_pylist()
 
 
 def _execute(

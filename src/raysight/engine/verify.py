@@ -28,28 +28,28 @@ from ..writers.manifest import (
     FORMAT,
     ManifestError,
     expected_shards,
-    file_sha256,
     header_sha256,
     read_manifest,
     read_schema_ipc,
     same_schema,
 )
 from ..writers.shard import part_name
+from ..writers.store import Store
 
 __all__ = ["inspect", "stage_seconds", "verify"]
 
 
-def _read_ids(path: Path, per_token: bool) -> tuple[int, list, pa.Schema]:
+def _read_ids(out: Store, name: str, per_token: bool) -> tuple[int, list, pa.Schema]:
     """Row count, each row's key (example_id, variant, pair row, window offset[, position]) and
     the schema."""
-    if path.suffix == ".parquet":
-        f = pq.ParquetFile(path, page_checksum_verification=True)
-        n, schema = f.metadata.num_rows, f.schema_arrow
-        t = f.read(columns=[c for c in _KEY if c in schema.names])
-    else:
-        with pa.memory_map(str(path)) as src:
+    with out.open_input(name) as src:
+        if name.endswith(".parquet"):
+            f = pq.ParquetFile(src, page_checksum_verification=True)
+            n, schema = f.metadata.num_rows, f.schema_arrow
+            t = f.read(columns=[c for c in _KEY if c in schema.names])
+        else:
             t = ipc.open_file(src).read_all()
-        n, schema = t.num_rows, t.schema
+            n, schema = t.num_rows, t.schema
     cols = [
         t.column(c).to_pylist() if c in schema.names else [0 if c == "variant" else None] * n
         for c in (_KEY if per_token else _KEY[:-1])
@@ -117,19 +117,18 @@ def _manifest_problems(m: dict[str, Any]) -> list[str]:
     ]
 
 
-def _shard_problems(k: int, entry: dict, out: Path, m: dict) -> list[str]:
+def _shard_problems(k: int, entry: dict, out: Store, m: dict) -> list[str]:
     """The file of a finished shard against its manifest entry: name, size, checksum, rows."""
     name = entry["file"]
     expected = part_name(k, m.get("format_files", "parquet"))
     if name != expected:
         return [f"shard {k}: the manifest names {name!r}, not its own file {expected!r}"]
-    path = out / name
-    if not path.is_file():
+    size = out.size(name)
+    if size is None:
         return [f"shard {k}: file {name} is missing"]
-    size = path.stat().st_size
     if size != entry["bytes"]:
         return [f"shard {k}: {name} has {size} bytes, the manifest says {entry['bytes']}"]
-    if file_sha256(path) != entry["sha256"]:
+    if out.sha256(name) != entry["sha256"]:
         return [f"shard {k}: {name} changed after it was written (its SHA-256 differs)"]
     return []
 
@@ -137,7 +136,10 @@ def _shard_problems(k: int, entry: dict, out: Path, m: dict) -> list[str]:
 def verify(directory: str | Path) -> list[str]:
     """Every mismatch between a dataset and its manifest; empty when it is whole. Never raises
     for a damaged dataset: each damage is a finding."""
-    out = Path(directory)
+    try:
+        out = Store(directory)
+    except OSError as e:
+        return [str(e)]
     if not out.is_dir():
         return [f"{out} is not a directory"]
     try:
@@ -169,7 +171,7 @@ def verify(directory: str | Path) -> list[str]:
         found = _shard_problems(k, entry, out, m)
         if not found:
             try:
-                n, keys, file_schema = _read_ids(out / entry["file"], per_token)
+                n, keys, file_schema = _read_ids(out, entry["file"], per_token)
             except _UNREADABLE as e:
                 found = [f"shard {k}: {entry['file']} cannot be read ({type(e).__name__}: {e})"]
             else:
@@ -182,14 +184,14 @@ def verify(directory: str | Path) -> list[str]:
                     found.append(f"shard {k}: {entry['file']} has a schema other than the plan's")
                 seen.update(keys)
         problems += found
-    for p in sorted(out.iterdir()):
-        if p.name.startswith("part-") and p.name not in listed:
-            problems.append(f"orphan file {p.name}: no finished shard in the manifest owns it")
+    for name in out.top_names():
+        if name.startswith("part-") and name not in listed:
+            problems.append(f"orphan file {name}: no finished shard in the manifest owns it")
             # Readers of the directory see its rows too; an unreadable one is reported above.
             with contextlib.suppress(*_UNREADABLE):
-                seen.update(_read_ids(p, per_token)[1])
-        elif p.name.startswith(".part-"):
-            problems.append(f"unfinished file {p.name} (a run was interrupted; rerun it)")
+                seen.update(_read_ids(out, name, per_token)[1])
+        elif name.startswith(".part-"):
+            problems.append(f"unfinished file {name} (a run was interrupted; rerun it)")
     dup = [key for key, c in seen.items() if c > 1]
     if dup:
         problems.append(f"{len(dup)} duplicated row(s), e.g. {dup[0]!r}")
@@ -221,13 +223,14 @@ def _n_variants(spec: dict[str, Any]) -> int:
     return n
 
 
-def _errors(out: Path) -> tuple[set, set]:
+def _errors(out: Store) -> tuple[set, set]:
     """Error report: example ids reported as a whole, and (example_id, variant) reported. An
     error of one data.chunk window (its document has other windows) accounts for no row."""
-    path = out / ERRORS_FILE
-    if not path.exists():
+    try:
+        text = out.read_bytes(ERRORS_FILE).decode("utf-8")
+    except FileNotFoundError:
         return set(), set()
-    recs = [json.loads(line) for line in path.read_text().splitlines() if line]
+    recs = [json.loads(line) for line in text.splitlines() if line]
     recs = [r for r in recs if "offset" not in r]
     whole = {r["example_id"] for r in recs if "variant" not in r}
     return whole, {(r["example_id"], r["variant"]) for r in recs if "variant" in r}
@@ -244,7 +247,7 @@ def stage_seconds(shards: Iterable[dict[str, Any]]) -> dict[str, float]:
 
 def inspect(directory: str | Path) -> str:
     """A human summary of a dataset: spec, model, columns, shards, rows, size, errors."""
-    out = Path(directory)
+    out = Store(directory)
     m = read_manifest(out)  # raises ManifestError for one that is not readable
     if m is None:
         raise FileNotFoundError(f"{out} is not a raysight dataset (no _manifest.json)")
@@ -253,7 +256,7 @@ def inspect(directory: str | Path) -> str:
         raise ManifestError("; ".join(broken) + " (raysight verify lists every problem)")
     shards = m["shards"].values()
     done = [s for s in shards if s["status"] == "done"]
-    size = sum((out / s["file"]).stat().st_size for s in done if (out / s["file"]).exists())
+    size = sum(out.size(s["file"]) or 0 for s in done)
     tokens, padded = sum(s["tokens"] for s in done), sum(s["padded_tokens"] for s in done)
     model = m["spec"]["model"].get("path") or m["spec"]["model"].get("factory")
     lines = [

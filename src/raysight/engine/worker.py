@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -32,6 +31,7 @@ from ..spec.load import parse_spec
 from ..spec.variants import token_fields
 from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
+from ..writers.store import Store
 from .ids import id_keys
 from .plan import RunPlan, make_plan, min_tokens
 from .selfcheck import SelfCheck, SelfCheckError, pick
@@ -112,7 +112,7 @@ class ShardRunner:
         # each variant has its own positions: a row too short for one variant is an error for
         # that variant only, and runs in the others
         self.min_tokens = [min_tokens(self.spec, v) for v in range(len(self.spec.variants))]
-        self.out = Path(self.spec.output.path)
+        self.out = Store(self.spec.output.path)
         pair = self.spec.data.pair
         # a whole-value copy between pair rows aligns them token by token
         self.same_length = (
@@ -273,7 +273,7 @@ class ShardRunner:
                 check.check()
             except SelfCheckError as e:  # the batch changed a row: fail, never write it
                 raise ShardError(f"shard {shard}: {e}") from None
-            path = writer.commit()
+            writer.commit()
         except BaseException:
             writer.fail()
             raise
@@ -281,7 +281,7 @@ class ShardRunner:
         self._stages["write"] = writer.write_seconds
         return ShardResult(
             shard,
-            path.name,
+            writer.name,
             writer.rows,
             len(examples),
             tokens,
@@ -291,7 +291,7 @@ class ShardRunner:
             errors,
             self._stages,
             writer.sha256,
-            path.stat().st_size,
+            writer.size,
             check.summary(),
         )
 

@@ -2,6 +2,12 @@
 status and row counts of every shard. Names start with '_' so pyarrow/polars/duckdb readers of
 the directory skip them. Every write is atomic (temp file + rename).
 
+Every finished shard also has a completion record, ``_shards/part-NNNNN.json``: its manifest
+entry and its row errors, written before the manifest lists it. A resumed run adopts the
+records of shards its manifest does not list as done, so a driver that died between the two
+writes, or a second driver on the same object-store prefix whose manifest write won, loses no
+finished shard: nothing depends on one read-modify-write of a shared file being atomic.
+
 The manifest proves its own integrity: its header (spec, hash, columns, schema, layout, input
 rows) carries a checksum, and each finished shard its file's size and SHA-256, so ``verify`` can
 tell any changed byte, swapped file or edited column from a whole dataset.
@@ -12,18 +18,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from .store import Store
 
 __all__ = [
     "ERRORS_FILE",
     "FORMAT",
     "HEADER_KEYS",
     "MANIFEST_FILE",
+    "RECORDS_DIR",
     "SPEC_FILE",
     "ManifestError",
+    "adopt_records",
     "append_errors",
     "expected_shards",
     "file_sha256",
@@ -32,12 +40,15 @@ __all__ = [
     "read_schema_ipc",
     "same_schema",
     "schema_ipc",
+    "write_json",
     "write_json_atomic",
+    "write_record",
 ]
 
 MANIFEST_FILE = "_manifest.json"
 SPEC_FILE = "_spec.json"
 ERRORS_FILE = "_errors.jsonl"
+RECORDS_DIR = "_shards"
 FORMAT = "raysight-dataset/1"  # the marker by which a manifest is known to be raysight's
 #: what the run fixed before its first shard; covered by the header checksum
 HEADER_KEYS = (
@@ -98,52 +109,111 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _json(data: Any) -> bytes:
+    return json.dumps(data, indent=2, default=str, allow_nan=False).encode()
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=str, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp files are private; a dataset is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    Store(path.parent).write_bytes(path.name, _json(data))
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+def write_json(store: Store, name: str, data: Any) -> None:
+    store.write_bytes(name, _json(data))
+
+
+def record_name(shard: int) -> str:
+    return f"{RECORDS_DIR}/part-{shard:05d}.json"
+
+
+def write_record(store: Store, shard: int, entry: dict[str, Any], errors: list[tuple]) -> None:
+    """The shard's completion record: its manifest entry and its row errors."""
+    write_json(
+        store,
+        record_name(shard),
+        {"shard": shard, **entry, "row_errors": _error_records(shard, errors)},
+    )
+
+
+def _records(store: Store) -> dict[int, dict[str, Any]]:
+    out = {}
+    for name in store.names(RECORDS_DIR):
+        stem = name.rsplit("/", 1)[-1]
+        if not (stem.startswith("part-") and stem.endswith(".json")):
+            continue
+        try:
+            rec = json.loads(store.read_bytes(name))
+            out[int(rec["shard"])] = rec
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ManifestError(
+                f"{store.url(name)} is not a readable completion record ({e})"
+            ) from None
+    return out
+
+
+def read_manifest(directory: str | Path | Store) -> dict[str, Any] | None:
     """The manifest, or None where there is none; ManifestError where it is not one."""
-    path = Path(directory) / MANIFEST_FILE
-    if not path.exists():
-        return None
+    store = directory if isinstance(directory, Store) else Store(directory)
+    where = store.url(MANIFEST_FILE)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{path} is not readable JSON ({e})") from None
+        raw = store.read_bytes(MANIFEST_FILE)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ManifestError(f"{where} is not readable ({e})") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{where} is not readable JSON ({e})") from None
     if not isinstance(data, dict):
-        raise ManifestError(f"{path} holds a {type(data).__name__}, not a manifest object")
+        raise ManifestError(f"{where} holds a {type(data).__name__}, not a manifest object")
     return data
 
 
-def append_errors(directory: Path, shard: int, errors: list[tuple]) -> None:
-    """Rewrite the error report with this shard's row errors replacing any earlier ones. An
-    error is (example_id, reason), or (example_id, reason, {variant, offset}) for one sweep
-    variant or one data.chunk window."""
-    path = directory / ERRORS_FILE
-    kept = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            if rec.get("shard") != shard:
-                kept.append(rec)
+def adopt_records(store: Store, manifest: dict[str, Any]) -> list[int]:
+    """List as done, in ``manifest``, every shard with a completion record that the manifest
+    does not list as done (its file must be there), with its row errors; returns those shards."""
+    adopted = []
+    for k, rec in _records(store).items():
+        current = manifest["shards"].get(str(k)) or {}
+        if current.get("status") == "done" or not store.is_file(str(rec.get("file"))):
+            continue
+        manifest["shards"][str(k)] = {f: v for f, v in rec.items() if f not in _RECORD_ONLY}
+        errors = [
+            (e["example_id"], e["reason"], {f: e[f] for f in ("variant", "offset") if f in e})
+            for e in rec.get("row_errors", [])
+        ]
+        append_errors(store, k, errors)
+        adopted.append(k)
+    return adopted
+
+
+_RECORD_ONLY = ("shard", "row_errors")
+
+
+def _error_records(shard: int, errors: list[tuple]) -> list[dict[str, Any]]:
+    """An error is (example_id, reason), or (example_id, reason, {variant, offset}) for one
+    sweep variant or one data.chunk window."""
+    out = []
     for eid, why, *extra in errors:
         rec = {"shard": shard, "example_id": eid, "reason": why}
-        kept.append({**rec, **(extra[0] if extra else {})})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for rec in kept:
-            f.write(json.dumps(rec, default=str) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+        out.append({**rec, **(extra[0] if extra else {})})
+    return out
+
+
+def append_errors(directory: Path | Store, shard: int, errors: list[tuple]) -> None:
+    """Rewrite the error report with this shard's row errors replacing any earlier ones (the
+    completion records hold the same errors; this file is the one report to read)."""
+    store = directory if isinstance(directory, Store) else Store(directory)
+    kept = []
+    try:
+        text = store.read_bytes(ERRORS_FILE).decode("utf-8")
+    except FileNotFoundError:
+        text = ""
+    for line in text.splitlines():
+        rec = json.loads(line)
+        if rec.get("shard") != shard:
+            kept.append(rec)
+    kept += _error_records(shard, errors)
+    store.write_bytes(
+        ERRORS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in kept).encode()
+    )

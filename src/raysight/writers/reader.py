@@ -31,6 +31,7 @@ from .manifest import (
     read_schema_ipc,
     same_schema,
 )
+from .store import Store
 
 __all__ = ["DamagedDataset", "Dataset", "UnknownColumn", "open_dataset"]
 
@@ -45,14 +46,15 @@ class Dataset:
     or copied ``part-*`` file is not read). Shards not finished yet are in ``missing``."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        manifest = read_manifest(self.path)
+        self.store = Store(path)
+        self.path: Path | str = self.store.dir if self.store.local else self.store.uri
+        manifest = read_manifest(self.store)
         if manifest is None:
             raise FileNotFoundError(f"{self.path} is not a raysight dataset (no _manifest.json)")
         self.manifest: dict[str, Any] = manifest
         shards = manifest.get("shards")
         if not isinstance(shards, dict):
-            raise ManifestError(f"{self.path / '_manifest.json'} lists no shards")
+            raise ManifestError(f"{self.store.url('_manifest.json')} lists no shards")
         done = {int(k): s for k, s in shards.items() if s.get("status") == "done"}
         self._shards = {k: done[k] for k in sorted(done)}
         self.missing = [k for k in range(expected_shards(manifest)) if k not in done]
@@ -60,7 +62,8 @@ class Dataset:
         for k, entry in self._shards.items():  # cheap checks now; page checksums on read
             self._check(k, entry, planned)
         if planned is None:  # an older manifest: the first file's schema
-            planned = _file_schema(self.files[0]) if self._shards else pa.schema([])
+            first = next(iter(self._shards.values()), None)
+            planned = self._file_schema(first["file"]) if first else pa.schema([])
         self._schema: pa.Schema = planned
         self._info = {c["name"]: c for c in manifest["columns"]}
         if self.missing:
@@ -73,26 +76,36 @@ class Dataset:
     def _check(self, k: int, entry: dict[str, Any], planned: pa.Schema | None) -> None:
         """The shard's file exists with the size the run recorded and the plan's schema (read
         from its footer), so each file decodes with the dtype and shape of the manifest."""
-        f = self.path / entry["file"]
-        if not f.is_file():
-            raise DamagedDataset(f"shard {k}: its file {entry['file']} is missing")
-        if "bytes" in entry and f.stat().st_size != entry["bytes"]:
+        name = entry["file"]
+        size = self.store.size(name)
+        if size is None:
+            raise DamagedDataset(f"shard {k}: its file {name} is missing")
+        if "bytes" in entry and size != entry["bytes"]:
             raise DamagedDataset(
-                f"shard {k}: {entry['file']} has {f.stat().st_size} bytes, the manifest "
-                f"says {entry['bytes']} (run raysight verify)"
+                f"shard {k}: {name} has {size} bytes, the manifest says {entry['bytes']} "
+                "(run raysight verify)"
             )
         if planned is None:
             return
         try:
-            schema = _file_schema(f)
+            schema = self._file_schema(name)
         except (OSError, pa.ArrowException) as e:
-            raise DamagedDataset(f"shard {k}: {f.name} cannot be read ({e})") from None
+            raise DamagedDataset(f"shard {k}: {name} cannot be read ({e})") from None
         if not same_schema(schema, planned):
-            raise DamagedDataset(f"shard {k}: {f.name} has a schema other than the plan's")
+            raise DamagedDataset(f"shard {k}: {name} has a schema other than the plan's")
+
+    def _file_schema(self, name: str) -> pa.Schema:
+        with self.store.open_input(name) as src:
+            if name.endswith(".parquet"):
+                return pq.read_schema(src)
+            return ipc.open_file(src).schema
 
     @property
-    def files(self) -> list[Path]:
-        return [self.path / s["file"] for s in self._shards.values()]
+    def files(self) -> list[Path] | list[str]:
+        """The finished shards' files: paths, or URLs on an object store."""
+        if self.store.local:
+            return [self.store.dir / s["file"] for s in self._shards.values()]
+        return [self.store.url(s["file"]) for s in self._shards.values()]
 
     @property
     def columns(self) -> list[str]:
@@ -222,7 +235,7 @@ class Dataset:
         filter: Any,
         batch_rows: int,
     ) -> Iterator[pa.RecordBatch]:
-        f = self.path / entry["file"]
+        name = entry["file"]
         try:
             # little read-ahead: pyarrow's default (16 batches) would hold ~16 batches at once;
             # one thread: each scan thread's allocator keeps what it freed
@@ -237,14 +250,15 @@ class Dataset:
             yield from scanner.to_batches()
         except (OSError, pa.ArrowException) as e:
             raise DamagedDataset(
-                f"shard {k}: {f.name} cannot be read ({e}); run raysight verify"
+                f"shard {k}: {name} cannot be read ({e}); run raysight verify"
             ) from None
 
     def _file(self, entry: dict[str, Any]) -> pads.Dataset:
         """One shard's file as a pyarrow dataset (projection and filters pushed down; Parquet
         page checksums verified)."""
         fmt = _PARQUET if entry["file"].endswith(".parquet") else "ipc"
-        return pads.dataset(str(self.path / entry["file"]), format=fmt, schema=self._schema)
+        path = self.store.path(entry["file"])
+        return pads.dataset(path, format=fmt, schema=self._schema, filesystem=self.store.fs)
 
     def _count(self, rows: range | slice | None, filter: Any) -> int:
         if filter is None:
@@ -299,10 +313,11 @@ class Dataset:
         return ray.data.read_datasource(ArrowIPCDatasource(files))
 
     def errors(self) -> list[dict[str, Any]]:
-        p = self.path / ERRORS_FILE
-        if not p.exists():
+        try:
+            text = self.store.read_bytes(ERRORS_FILE).decode("utf-8")
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line]
+        return [json.loads(line) for line in text.splitlines() if line]
 
 
 class UnknownColumn(KeyError):
@@ -344,13 +359,6 @@ def _bounds(rows: range | slice | None) -> tuple[int, int | None]:
     if step != 1 or (rows.start or 0) < 0 or (rows.stop is not None and rows.stop < 0):
         raise ValueError(f"rows={rows!r}: give a contiguous, non-negative range")
     return rows.start or 0, rows.stop
-
-
-def _file_schema(f: Path) -> pa.Schema:
-    if f.suffix == ".parquet":
-        return pq.read_schema(f)
-    with pa.memory_map(str(f)) as src:
-        return ipc.open_file(src).schema
 
 
 def _from_numpy(flat: np.ndarray, dtype: str) -> torch.Tensor:

@@ -1,9 +1,12 @@
 """One shard's data file, with a start / write / commit / fail lifecycle.
 
-The file is written under a hidden temporary name (readers such as pyarrow datasets skip names
-starting with '.') and renamed into place by :meth:`ShardWriter.commit`, so a crash never leaves a
-partial file that looks finished. Batches are buffered until about ``row_group_bytes`` so row
-groups are sized in bytes, not rows.
+On a local disk the file is written under a hidden temporary name (readers such as pyarrow
+datasets skip names starting with '.') and renamed into place by :meth:`ShardWriter.commit`, so a
+crash never leaves a partial file that looks finished. On an object store (no rename) it is one
+multipart upload to its final name, hashed as it is sent: a process that dies mid-upload leaves
+no object (the upload is never completed), and any object counts only once the driver has
+written the shard's completion record (writers/manifest.py). Batches are buffered until about
+``row_group_bytes`` so row groups are sized in bytes, not rows.
 
 With ``background=True`` each full row group is encoded and written by one helper thread while
 the caller goes on computing the next batches (pyarrow releases the GIL while it encodes and
@@ -26,6 +29,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from .store import Store
+
 __all__ = ["OWN_FILE", "ShardWriter", "part_name"]
 
 #: the names raysight gives shard files and their temporaries (nothing else is ever deleted)
@@ -36,10 +41,35 @@ def part_name(shard: int, fmt: str) -> str:
     return f"part-{shard:05d}.{'parquet' if fmt == 'parquet' else 'arrow'}"
 
 
+class _HashingSink:
+    """A write-only file for pyarrow's writers that hashes and counts what it passes on."""
+
+    def __init__(self, raw: Any):
+        self.raw, self.digest, self.size, self.closed = raw, hashlib.sha256(), 0, False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self.raw.write(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.raw.close()  # completes the upload
+
+
 class ShardWriter:
     def __init__(
         self,
-        directory: str | Path,
+        directory: str | Path | Store,
         shard: int,
         schema: pa.Schema,
         fmt: str = "parquet",
@@ -47,8 +77,11 @@ class ShardWriter:
         row_group_bytes: int = 128 * 2**20,
         background: bool = False,
     ):
-        self.final = Path(directory) / part_name(shard, fmt)
-        self.tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.tmp")
+        self.store = directory if isinstance(directory, Store) else Store(directory)
+        self.name = part_name(shard, fmt)
+        self.final = self.store.dir / self.name if self.store.local else None
+        self.tmp = self.final.with_name(f".{self.name}.{os.getpid()}.tmp") if self.final else None
+        self._sink: _HashingSink | None = None
         self.schema = schema
         self.fmt = fmt
         self.compression = compression
@@ -62,18 +95,23 @@ class ShardWriter:
         self._inflight: Future | None = None
         self.write_seconds = 0.0  # time the caller spent blocked on writing
         self.sha256: str | None = None  # of the committed file, for the manifest
+        self.size = 0  # its bytes
 
     def start(self) -> ShardWriter:
-        self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        # A shard is only retried after its previous attempt died (a killed actor or driver),
-        # so that attempt's unfinished file is garbage.
-        for stale in self.tmp.parent.glob(f".{self.final.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        if self.tmp is not None:
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
+            # A shard is only retried after its previous attempt died (a killed actor or
+            # driver), so that attempt's unfinished file is garbage.
+            for stale in self.tmp.parent.glob(f".{self.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            sink: Any = self.tmp
+        else:
+            sink = self._sink = _HashingSink(self.store.open_output(self.name))
         if self.fmt == "parquet":
             # Activations barely compress, and dictionary encoding and statistics cost a lot for
             # float tensors, so both are off (FACTS: 29 -> 86-140 MB/s for float16).
             self._writer = pq.ParquetWriter(
-                self.tmp,
+                sink,
                 self.schema,
                 compression=None if self.compression == "none" else self.compression,
                 use_dictionary=False,
@@ -85,7 +123,9 @@ class ShardWriter:
             opts = ipc.IpcWriteOptions(
                 compression=None if self.compression == "none" else self.compression
             )
-            self._writer = ipc.new_file(str(self.tmp), self.schema, options=opts)
+            self._writer = ipc.new_file(
+                str(sink) if self.tmp is not None else sink, self.schema, options=opts
+            )
         return self
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -122,17 +162,25 @@ class ShardWriter:
             for b in table.combine_chunks().to_batches():
                 self._writer.write_batch(b)
 
-    def commit(self) -> Path:
-        """Finish the file and move it into place atomically."""
+    def commit(self) -> Path | str:
+        """Finish the file and move it into place atomically (or complete its upload); returns
+        where it is (a path, or an object-store URL)."""
         self._flush()
         t0 = time.perf_counter()
         self._wait()
         self._writer.close()
         self._writer = None
+        if self._sink is not None:
+            self._sink.close()
+            self.sha256, self.size = self._sink.digest.hexdigest(), self._sink.size
+            self._shutdown()
+            self.write_seconds += time.perf_counter() - t0
+            return self.store.url(self.name)
         with open(self.tmp, "rb") as f:
             os.fsync(f.fileno())
             # read back from the page cache: the checksum covers the bytes as they landed
             self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        self.size = os.path.getsize(self.tmp)
         os.replace(self.tmp, self.final)
         self._shutdown()
         self.write_seconds += time.perf_counter() - t0
@@ -154,4 +202,11 @@ class ShardWriter:
         except Exception:
             pass
         self._writer = None
-        self.tmp.unlink(missing_ok=True)
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+        # An upload cannot be aborted through pyarrow: closing it completes it. Its object is
+        # left (not deleted: another attempt may own that name by now) and never counted, as
+        # it has no completion record; the shard's next attempt overwrites it.
+        if self._sink is not None:
+            with contextlib.suppress(Exception):
+                self._sink.close()
