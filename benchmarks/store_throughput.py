@@ -91,6 +91,17 @@ def main() -> None:
                     f"| {label} | parquet, {name}, {storage} | {mb:.0f} | {mb / min(times):.0f} |",
                     flush=True,
                 )
+        data = os.urandom(int(mb * 1e6))  # the server's own ceiling: a plain pyarrow upload
+        fs, path = stores["local S3 (moto)"].fs, "bench/run/raw.bin"
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            with fs.open_output_stream(path) as f:
+                for i in range(0, len(data), 8 << 20):
+                    f.write(data[i : i + (8 << 20)])
+            times.append(time.perf_counter() - t0)
+        rate = mb / min(times)
+        print(f"| local S3 (moto) | plain pyarrow upload, 8 MiB writes | {mb:.0f} | {rate:.0f} |")
     finally:
         proc.terminate()
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import PROMPTS, by_id, make_spec
+from raysight.writers.decode import decode
 from raysight.writers.encode import ColumnInfo, arrow_field, encode_column
-from raysight.writers.reader import decode
 from raysight.writers.shard import ShardWriter
 from reference import alone, first
 

@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from ..writers.decode import decode
 from ..writers.encode import ColumnInfo
-from ..writers.reader import decode
 
 __all__ = ["SelfCheck", "SelfCheckError", "keys_of", "pick", "tolerance"]
 
