@@ -89,6 +89,14 @@ def test_windows_match_a_hand_cut_reference(tiny_dirs, tiny_models, tmp_path, ch
         assert err["example_id"] == "b" and "less than one window of 12" in err["reason"]
 
 
+def test_plan_counts_windows_not_documents(tiny_dirs, tiny_models, tmp_path):
+    _, tok = tiny_models["llama"]
+    spec = _spec(tiny_dirs, tmp_path, {"size": 16, "stride": 8})
+    report = raysight.plan(spec)
+    assert report.input_rows == 3
+    assert report.output_rows == len(_expected(tok, 16, 8, True, "keep"))
+
+
 def test_per_token_windows_verify_and_open(tiny_dirs, tmp_path):
     spec = _spec(tiny_dirs, tmp_path, {"size": 16, "stride": 8}, layout="per_token")
     raysight.run(spec, log=lambda _: None)

@@ -122,8 +122,6 @@ def _prepare_output(out: Store, digest: str, overwrite: bool) -> dict[str, Any] 
             )
         return None
     if manifest.get("spec_hash") == digest:
-        if isinstance(manifest.get("shards"), dict):
-            adopt_records(out, manifest)
         return manifest
     if not overwrite:
         raise OutputError(
@@ -230,6 +228,8 @@ def _run_locked(
                 f"output.path {out.uri!r} holds a partial run that this one cannot resume: "
                 f"{'; '.join(changed)}. Restore what changed, or start over with --overwrite"
             )
+        if isinstance(previous.get("shards"), dict):  # shards recorded, not yet listed
+            adopt_records(out, previous)
     manifest = previous or {
         "format": FORMAT,
         "spec_hash": digest,
