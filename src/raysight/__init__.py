@@ -10,6 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from .errors import RaysightError
 from .spec import (
     Spec,
     SpecBuilder,
@@ -23,6 +24,7 @@ from .spec import (
 )
 
 __all__ = [
+    "RaysightError",
     "Spec",
     "SpecBuilder",
     "SpecError",

@@ -11,7 +11,8 @@ import json
 import sys
 from typing import Any
 
-from .spec.load import SpecError, load_spec
+from .errors import RaysightError
+from .spec.load import load_spec
 from .spec.models import Spec
 
 __all__ = ["main"]
@@ -73,29 +74,6 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from .data.readers import DataError
-    from .engine.ray_runner import ClusterError
-    from .engine.run import OutputError, RunFailed
-    from .interleave.interleaver import OpError
-    from .interleave.resolve import PlanError
-    from .interleave.values import ValueError_
-    from .models.bundled import BundledError
-    from .models.loading import ModelLoadError
-
-    return (
-        DataError,
-        ClusterError,
-        OutputError,
-        OpError,
-        PlanError,
-        ValueError_,
-        ModelLoadError,
-        BundledError,
-        RunFailed,
-    )
-
-
 #: rows `raysight validate` tokenizes: a sample, so validating a large input stays quick
 VALIDATE_SAMPLE = 1000
 
@@ -130,29 +108,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.spec}: spec OK (sites not checked against the model)")
             return 0
         return _dispatch(args, spec)
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except Interrupted as e:  # the run said how to resume
         return e.exit_code
     except KeyboardInterrupt:  # Ctrl-C before a run started: nothing to clean up
         print("raysight: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
-        if isinstance(e, _expected_errors()):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except RaysightError as e:  # every expected error; anything else is a bug: a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def _dataset_command(args: argparse.Namespace) -> int:
     from .engine.verify import inspect, verify
-    from .writers.manifest import ManifestError
 
     if args.command == "inspect":
         try:
             print(inspect(args.path))
-        except (FileNotFoundError, ManifestError) as e:
+        except (FileNotFoundError, OSError, RaysightError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0

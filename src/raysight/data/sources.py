@@ -25,6 +25,8 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from ..errors import RaysightError
+
 __all__ = [
     "LINE_STRIDE",
     "DataError",
@@ -50,7 +52,7 @@ _CODECS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2"}
 _HF_STATE = "state.json"  # what marks a directory written by HF datasets' save_to_disk
 
 
-class DataError(ValueError):
+class DataError(RaysightError, ValueError):
     """The input as a whole cannot be read (missing file, unknown format, duplicate ids)."""
 
 

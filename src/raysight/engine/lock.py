@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..errors import RaysightError
 from ..writers.store import Store
 
 __all__ = ["LEASE_SECONDS", "LOCK_FILE", "LockHeld", "OutputLock"]
@@ -31,7 +32,7 @@ LOCK_FILE = "_lock.json"
 LEASE_SECONDS = 30.0
 
 
-class LockHeld(RuntimeError):
+class LockHeld(RaysightError, RuntimeError):
     """Another live driver is writing this output directory."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ..errors import RaysightError
 from ..spec.models import Spec
 from ..writers.shard import part_name
 from ..writers.store import is_uri
@@ -28,7 +29,7 @@ from .signals import as_interrupted, rearm
 __all__ = ["ClusterError", "check_shared_output", "init_ray", "run_on_ray", "unseen_by"]
 
 
-class ClusterError(RuntimeError):
+class ClusterError(RaysightError, RuntimeError):
     """Ray cannot be reached or lacks what the spec asks for."""
 
 

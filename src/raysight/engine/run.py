@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from .. import __version__
 from ..data.readers import DataError
+from ..errors import RaysightError
 from ..models.bundled import resolve_bundled
 from ..spec.load import spec_hash, spec_to_dict
 from ..spec.models import Spec
@@ -55,11 +56,11 @@ __all__ = ["OutputError", "RunFailed", "RunSummary", "run"]
 OWN_RECORD = re.compile(r"^part-\d{5,}\.(npy|json)$")
 
 
-class OutputError(RuntimeError):
+class OutputError(RaysightError, RuntimeError):
     """The output path cannot be used (a file, a foreign directory, another spec's dataset)."""
 
 
-class RunFailed(RuntimeError):
+class RunFailed(RaysightError, RuntimeError):
     """Shards failed after every retry; names each shard and its last error."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import RaysightError
 from ..models.loading import LoadedModel
 from ..spec.backward import FieldRef, GradOp, MeanLoss, SumLoss, loss_kind
 from ..spec.models import CacheOp, FromValue, SaveOp, SetOp, SkipOp, Spec, TopK, Variant
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-class PlanError(ValueError):
+class PlanError(RaysightError, ValueError):
     """The spec does not fit the model; ``problems`` lists each with the op it comes from."""
 
     def __init__(self, problems: list[str]):

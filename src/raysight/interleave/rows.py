@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..data.batching import Batch, select
+from ..errors import RaysightError
 from .actions import Target
 from .selectors import SelectError, abs_positions, container_get, split_index, to_torch_index
 
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 
-class OpError(RuntimeError):
+class OpError(RaysightError, RuntimeError):
     """An op failed on real values (e.g. a shape that does not fit); names the op."""
 
 

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import RaysightError
 from ..spec.models import FileValue, NoiseValue, ZerosValue
 
 __all__ = ["ValueError_", "check_broadcast", "load_tensor_file", "make_value", "row_seed"]
 
 
-class ValueError_(ValueError):
+class ValueError_(RaysightError, ValueError):
     """A value that cannot be built (unreadable file, wrong shape)."""
 
 

@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..errors import RaysightError
+
 __all__ = ["BUNDLED", "BundledError", "bundled_cache_dir", "resolve_bundled"]
 
 # name -> (python package holding the file, file name)
@@ -22,7 +24,7 @@ BUNDLED = {
 }
 
 
-class BundledError(FileNotFoundError):
+class BundledError(RaysightError, FileNotFoundError):
     """A bundled model whose package or file is missing."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..errors import RaysightError
 from ..spec.models import ModelSpec
 from .bundled import resolve_bundled
 from .names import NameTable
@@ -23,7 +24,7 @@ __all__ = ["LoadedModel", "ModelLoadError", "load_model", "meta_safe", "pick_dev
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(RaysightError, RuntimeError):
     """The model (or its tokenizer) could not be loaded; the message says which and why."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..errors import RaysightError
 from .models import ALLOW_CODE, Spec
 from .plain import PlainDataError, check_plain, load_json, load_yaml
 
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class SpecError(ValueError):
+class SpecError(RaysightError, ValueError):
     """A spec that cannot be used; ``problems`` lists each as ``field.path: message``."""
 
     def __init__(self, problems: list[str], source: str | None = None):

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import RaysightError
 from .store import Store
 
 __all__ = [
@@ -66,7 +67,7 @@ HEADER_KEYS = (
 )
 
 
-class ManifestError(ValueError):
+class ManifestError(RaysightError, ValueError):
     """A ``_manifest.json`` that cannot be read as a manifest; the message says why."""
 
 

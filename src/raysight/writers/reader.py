@@ -21,6 +21,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import torch
 
+from ..errors import RaysightError
 from .decode import decode, fixed_view
 from .encode import _TORCH
 from .manifest import (
@@ -36,7 +37,7 @@ from .store import Store
 __all__ = ["DamagedDataset", "Dataset", "UnknownColumn", "open_dataset"]
 
 
-class DamagedDataset(RuntimeError):
+class DamagedDataset(RaysightError, RuntimeError):
     """A shard file that is not the one its run wrote (missing, resized, unreadable, or with a
     page whose checksum fails); the message names it. ``raysight verify`` lists every problem."""
 
@@ -320,7 +321,7 @@ class Dataset:
         return [json.loads(line) for line in text.splitlines() if line]
 
 
-class UnknownColumn(KeyError):
+class UnknownColumn(RaysightError, KeyError):
     """A column the dataset does not have; the message lists the ones it has."""
 
     def __str__(self) -> str:
