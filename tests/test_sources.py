@@ -253,3 +253,32 @@ def test_a_file_that_shrank_after_planning_fails_its_shard_by_name(tmp_path):
     (tmp_path / "in.jsonl").write_text(_jsonl(TEXTS[:3]))
     with pytest.raises(DataError, match="has fewer rows than when the run was planned"):
         read_range(spec, src, 0, 10)
+
+
+def test_a_pyarrow_dataset_is_a_source(tiny_dirs, tmp_path):
+    import pyarrow.dataset as pads
+
+    d = tmp_path / "pq"
+    d.mkdir()
+    pq.write_table(_table(TEXTS[:12]), d / "a.parquet")
+    pq.write_table(_table(TEXTS[12:], 12), d / "b.parquet")
+    spec = make_spec(tiny_dirs["gpt2"], tmp_path / "o", OPS, output={"include_text": True})
+    spec["data"] = {"prompts": ["replaced by the dataset's files"], "id_field": "id"}
+    raysight.run(spec, log=lambda _: None, source=pads.dataset(str(d)))
+    t = raysight.open(tmp_path / "o").table(["example_id", "text"])
+    assert dict(zip(*(t.column(c).to_pylist() for c in ("example_id", "text")))) == {
+        f"r{i}": text for i, text in enumerate(TEXTS)
+    }
+    resolved = json.loads((tmp_path / "o" / "_spec.json").read_text())["spec"]["data"]
+    assert resolved["source"] == [str(d / "a.parquet"), str(d / "b.parquet")]
+    with pytest.raises(DataError, match="not read from files"):
+        raysight.run(spec, log=lambda _: None, source=pads.dataset(pa.table({"text": ["x"]})))
+
+
+@pytest.mark.slow
+def test_a_ray_dataset_is_refused_with_what_to_do(ray_local, tiny_dirs, tmp_path):
+    import ray.data
+
+    spec = make_spec(tiny_dirs["gpt2"], tmp_path / "o", OPS)
+    with pytest.raises(DataError, match=r"give those paths .* as data\.source"):
+        raysight.run(spec, log=lambda _: None, source=ray.data.from_items([{"text": "x"}]))

@@ -41,14 +41,33 @@ __all__ = [
 ]
 
 
-def run(spec: Any, *, overwrite: bool = False, allow_code: bool = False, **kwargs: Any):
+def run(
+    spec: Any,
+    *,
+    overwrite: bool = False,
+    allow_code: bool = False,
+    source: Any = None,
+    **kwargs: Any,
+):
     """Run a Spec (or a SpecBuilder, a dict, or a path to a YAML/JSON spec).
 
     ``allow_code=True`` is the opt-in to ``model.factory`` / ``model.trust_remote_code`` in a
-    dict or file (a spec cannot opt in by itself; a builder holding a factory callable has)."""
+    dict or file (a spec cannot opt in by itself; a builder holding a factory callable has).
+    ``source``: a ``pyarrow.dataset.FileSystemDataset``, used as data.source (its files; the
+    spec records them)."""
     from .engine.run import run as _run
 
-    return _run(_as_spec(spec, allow_code), overwrite=overwrite, **kwargs)
+    spec = _as_spec(spec, allow_code)
+    if source is not None:
+        from .data.adapters import source_of
+
+        files, fmt = source_of(source)
+        # what the user set, not the defaults: a default is still a default once re-parsed
+        data = spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        data["data"] = {**data["data"], "source": files, "format": fmt}
+        data["data"].pop("prompts", None)
+        spec = parse_spec(data, allow_code=spec.allow_code)  # validated again, as any spec
+    return _run(spec, overwrite=overwrite, **kwargs)
 
 
 def plan(spec: Any, *, sample_rows: int = 10_000, allow_code: bool = False):
