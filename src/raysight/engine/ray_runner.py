@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import socket
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -26,7 +25,7 @@ from ..writers.shard import part_name
 from ..writers.store import is_uri
 from .signals import as_interrupted, rearm
 
-__all__ = ["ClusterError", "check_shared_output", "init_ray", "run_on_ray", "unseen_by"]
+__all__ = ["ClusterError", "RayRunner", "check_shared_output", "init_ray", "unseen_by"]
 
 
 class ClusterError(RaysightError, RuntimeError):
@@ -147,91 +146,89 @@ def check_shared_output(path: Path) -> None:
         )
 
 
-def run_on_ray(
-    spec: Spec,
-    spec_data: dict,
-    plan: Any,
-    ids: str,
-    sample: Any,
-    todo: list[Any],
-    done: Callable,
-    failed: Callable,
-    address: str | None = None,
-) -> None:
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
+class RayRunner:
+    """Shards on a pool of ``execution.actors`` Ray actors, each job to whichever is free."""
 
-    from .worker import ShardRunner
+    def __init__(self, shards: Any, address: str | None = None):
+        self.shards, self.address = shards, address
 
-    ex = spec.execution
-    n = min(ex.actors, len(todo))
-    started = init_ray(address, n * ex.cpus_per_actor)
-    _check_resources(n, ex.cpus_per_actor, ex.gpus_per_actor)
-    if not is_uri(spec.output.path):
-        check_shared_output(Path(spec.output.path))
-    actor_cls = ray.remote(ShardRunner).options(
-        num_cpus=ex.cpus_per_actor,
-        num_gpus=ex.gpus_per_actor,
-        max_restarts=2,
-        max_task_retries=2,  # process death: restart, rerun the shard
-    )
+    def run(self, jobs: list[Any]) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
 
-    # Actors get the driver's plan instead of planning again: that saves each actor building the
-    # meta model and its planning forwards (seconds of start-up), and every file gets one schema.
-    plan_ref = ray.put(plan)
+        from .runners import Retries
+        from .worker import ShardRunner
 
-    def new_actor():
-        return actor_cls.remote(
-            spec_data, ids, sample, ex.cpus_per_actor, plan_ref, allow_code=spec.allow_code
+        s = self.shards
+        spec, ex = s.spec, s.spec.execution
+        n = min(ex.actors, len(jobs))
+        started = init_ray(self.address, n * ex.cpus_per_actor)
+        _check_resources(n, ex.cpus_per_actor, ex.gpus_per_actor)
+        if not is_uri(spec.output.path):
+            check_shared_output(Path(spec.output.path))
+        actor_cls = ray.remote(ShardRunner).options(
+            num_cpus=ex.cpus_per_actor,
+            num_gpus=ex.gpus_per_actor,
+            max_restarts=2,
+            max_task_retries=2,  # process death: restart, rerun the shard
         )
+        # Actors get the driver's plan instead of planning again: that saves each actor the meta
+        # model and its planning forwards (seconds of start-up), and every file gets one schema.
+        plan_ref = ray.put(s.plan)
 
-    pool = [new_actor() for _ in range(n)]
-    queue = deque(todo)
-    attempts: dict[int, int] = {}
-    inflight: dict[Any, tuple[Any, Any]] = {}  # task -> (actor, ShardJob)
+        def new_actor():
+            return actor_cls.remote(
+                s.spec_data,
+                s.id_type,
+                s.sample,
+                ex.cpus_per_actor,
+                plan_ref,
+                allow_code=spec.allow_code,
+            )
 
-    def dispatch(actor) -> None:
-        if queue:
-            job = queue.popleft()
-            inflight[actor.run_job.remote(job)] = (actor, job)
+        pool = [new_actor() for _ in range(n)]
+        queue = deque(jobs)
+        retries = Retries(ex.max_retries, s.failed)
+        inflight: dict[Any, tuple[Any, Any]] = {}  # task -> (actor, ShardJob)
 
-    try:
-        for actor in pool:
-            dispatch(actor)
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            actor, job = inflight.pop(ready[0])
-            shard = job.shard
-            try:
-                result = ray.get(ready[0])
-            except (RayTaskError, RayActorError) as e:
-                attempts[shard] = attempts.get(shard, 0) + 1
-                if isinstance(e, RayActorError):  # restarts used up: replace the actor
-                    ray.kill(actor, no_restart=True)
-                    replacement = new_actor()
-                    pool[pool.index(actor)] = replacement
-                    actor = replacement
-                    reason = f"actor died: {e}"
-                else:
-                    cause = e.as_instanceof_cause()
-                    reason = f"{type(cause).__name__}: {cause}"
-                if attempts[shard] > ex.max_retries:
-                    failed(shard, reason, attempts[shard])
-                else:
-                    queue.append(job)
-            else:
-                done(result)
-            dispatch(actor)
-    except KeyboardInterrupt as e:
-        stop = as_interrupted(e)
-        _abandon(pool, inflight, spec)
-        if started:  # a local Ray this run started goes with it
-            ray.shutdown()
-        raise stop from None
-    finally:
-        if ray.is_initialized():  # not after an interrupted run shut its own Ray down
+        def dispatch(actor) -> None:
+            if queue:
+                job = queue.popleft()
+                inflight[actor.run_job.remote(job)] = (actor, job)
+
+        try:
             for actor in pool:
-                ray.kill(actor, no_restart=True)
+                dispatch(actor)
+            while inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                actor, job = inflight.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except (RayTaskError, RayActorError) as e:
+                    if isinstance(e, RayActorError):  # restarts used up: replace the actor
+                        ray.kill(actor, no_restart=True)
+                        replacement = new_actor()
+                        pool[pool.index(actor)] = replacement
+                        actor = replacement
+                        reason = f"actor died: {e}"
+                    else:
+                        cause = e.as_instanceof_cause()
+                        reason = f"{type(cause).__name__}: {cause}"
+                    if retries.again(job, reason):
+                        queue.append(job)
+                else:
+                    s.done(result)
+                dispatch(actor)
+        except KeyboardInterrupt as e:
+            stop = as_interrupted(e)
+            _abandon(pool, inflight, spec)
+            if started:  # a local Ray this run started goes with it
+                ray.shutdown()
+            raise stop from None
+        finally:
+            if ray.is_initialized():  # not after an interrupted run shut its own Ray down
+                for actor in pool:
+                    ray.kill(actor, no_restart=True)
 
 
 def _abandon(pool: list, inflight: dict, spec: Spec) -> None:

@@ -44,11 +44,11 @@ from ..writers.store import Store
 from .fingerprint import changes, fingerprint
 from .ids import IDS_DIR, duplicate_ids, write_keys
 from .lock import LOCK_FILE, LockHeld, OutputLock
-from .plan import RunPlan
 from .planning import prepare
 from .progress import Progress
+from .runners import Shards, runner_for
 from .signals import Interrupted, interruptible
-from .worker import ShardJob, ShardResult, ShardRunner
+from .worker import ShardJob, ShardResult
 
 __all__ = ["OutputError", "RunFailed", "RunSummary", "run"]
 
@@ -296,7 +296,8 @@ def _run_locked(
     try:
         with interruptible():
             if todo:
-                _execute(spec, spec_data, plan, ids, sample, todo, done, failed, address)
+                shards = Shards(spec, spec_data, plan, ids, sample, done, failed)
+                runner_for(shards, address).run(todo)
             _check_ids(spec, out, manifest)
     except Interrupted as e:
         kept = sum(s["status"] == "done" for s in manifest["shards"].values())
@@ -360,36 +361,3 @@ def _shard_ids(out: Store, name: str) -> list:
         if name.endswith(".parquet"):
             return pq.read_table(f, columns=["example_id"]).column(0).to_pylist()
         return ipc.open_file(f).read_all().column("example_id").to_pylist()
-
-
-def _execute(
-    spec: Spec,
-    spec_data: dict,
-    plan: RunPlan,
-    ids: str,
-    sample: Any,
-    todo: list[ShardJob],
-    done: Callable,
-    failed: Callable,
-    address: str | None = None,
-) -> None:
-    ex = spec.execution
-    if ex.runner == "ray":
-        from .ray_runner import run_on_ray
-
-        run_on_ray(spec, spec_data, plan, ids, sample, todo, done, failed, address)
-        return
-    runner = ShardRunner(spec_data, ids, sample, None, plan=plan, allow_code=spec.allow_code)
-    for job in todo:
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                result = runner.run_job(job)
-            except Exception as e:  # any shard failure is retried, then reported
-                if attempts > ex.max_retries:
-                    failed(job.shard, f"{type(e).__name__}: {e}", attempts)
-                    break
-                continue
-            done(result)
-            break
