@@ -192,7 +192,7 @@ class RayRunner:
         inflight: dict[Any, tuple[Any, Any]] = {}  # task -> (actor, ShardJob)
 
         def dispatch(actor) -> None:
-            if queue:
+            if queue and s.more():
                 job = queue.popleft()
                 inflight[actor.run_job.remote(job)] = (actor, job)
 

@@ -33,6 +33,7 @@ from ..writers.manifest import (
     ManifestError,
     adopt_records,
     append_errors,
+    expected_shards,
     header_sha256,
     read_manifest,
     schema_ipc,
@@ -41,8 +42,9 @@ from ..writers.manifest import (
 )
 from ..writers.shard import OWN_FILE
 from ..writers.store import Store
+from .budget import TokenBudget
 from .fingerprint import changes, fingerprint
-from .ids import IDS_DIR, duplicate_ids, write_keys
+from .ids import IDS_DIR, duplicate_ids, ids_file, write_keys
 from .lock import LOCK_FILE, LockHeld, OutputLock
 from .planning import prepare
 from .progress import Progress
@@ -250,8 +252,11 @@ def _run_locked(
     save = _saver(out, manifest)
     save()
 
+    budget = TokenBudget(spec.data.max_tokens, manifest["shards"])
     todo = []
     for job in _jobs(total, spec.execution.shard_rows):
+        if expected_shards(manifest) <= job.shard:  # data.max_tokens was reached before it
+            break
         entry = manifest["shards"].get(str(job.shard))
         if entry and entry.get("status") == "done" and out.is_file(entry["file"]):
             continue
@@ -296,8 +301,11 @@ def _run_locked(
     try:
         with interruptible():
             if todo:
-                shards = Shards(spec, spec_data, plan, ids, sample, done, failed)
+                shards = Shards(spec, spec_data, plan, ids, sample, done, failed, budget.more)
                 runner_for(shards, address).run(todo)
+            if not budget.more():  # data.max_tokens reached
+                _cut(out, manifest, budget)
+                save()
             _check_ids(spec, out, manifest)
     except Interrupted as e:
         kept = sum(s["status"] == "done" for s in manifest["shards"].values())
@@ -311,7 +319,7 @@ def _run_locked(
     finished = [s for s in manifest["shards"].values() if s["status"] == "done"]
     summary = RunSummary(
         out.uri,
-        n_shards,
+        expected_shards(manifest),
         len(todo),
         sum(s["examples"] for s in finished),
         sum(s["rows"] for s in finished),
@@ -332,6 +340,18 @@ def _run_locked(
         )
     log(f"raysight: done. {summary}")
     return summary
+
+
+def _cut(out: Store, manifest: dict[str, Any], budget: TokenBudget) -> None:
+    """data.max_tokens was reached at shard ``budget.last``: drop the later shards that finished
+    meanwhile (their files, records, ids and row errors), and record where the run stopped."""
+    for k in budget.extra():
+        entry = manifest["shards"].pop(k)
+        for name in (entry.get("file"), f"{RECORDS_DIR}/part-{int(k):05d}.json", ids_file(int(k))):
+            if name:
+                out.delete(name)
+        append_errors(out, int(k), [])
+    manifest["budget"] = {"max_tokens": budget.max_tokens, "last_shard": budget.last}
 
 
 def _check_ids(spec: Spec, out: Store, manifest: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ class Shards:
     sample: Any
     done: Callable[[ShardResult], None]
     failed: Callable[[int, str, int], None]  # shard, last error, attempts
+    more: Callable[[], bool] = lambda: True  # asked before a shard starts (data.max_tokens)
 
 
 @dataclass
@@ -63,6 +64,8 @@ class LocalRunner:
         )
         retries = Retries(s.spec.execution.max_retries, s.failed)
         for job in jobs:
+            if not s.more():
+                return
             while True:
                 try:
                     result = replica.run_job(job)

@@ -27,6 +27,7 @@ from ..writers.manifest import (
     ERRORS_FILE,
     FORMAT,
     ManifestError,
+    covered_rows,
     expected_shards,
     header_sha256,
     read_manifest,
@@ -208,12 +209,32 @@ def verify(directory: str | Path) -> list[str]:
         problems.append(f"{len(both)} row(s) both written and in the error report")
     whole_files = not any(p.startswith(("shard ", "orphan")) for p in problems)
     accounted = len(units) + n_var * len(whole) + len(one)
-    if whole_files and accounted != m["input_rows"] * n_var:
+    rows = covered_rows(m)
+    if whole_files and accounted != rows * n_var:
         problems.append(
             f"{len(units)} row-variants written + {len(whole)} rows and {len(one)} row-variants "
-            f"reported != {m['input_rows']} input rows x {n_var} variant(s)"
+            f"reported != {rows} input rows x {n_var} variant(s)"
         )
+    problems += _budget_problems(m)
     return problems
+
+
+def _budget_problems(m: dict[str, Any]) -> list[str]:
+    """A dataset cut at data.max_tokens: its last shard is the first whose tokens reach it."""
+    budget = m.get("budget")
+    if budget is None:
+        return []
+    limit = (m["spec"].get("data") or {}).get("max_tokens")
+    last = budget.get("last_shard") if isinstance(budget, dict) else None
+    if not isinstance(last, int) or limit is None:
+        return ["_manifest.json: 'budget' is not one that data.max_tokens set"]
+    tokens = [m["shards"].get(str(k), {}).get("tokens", 0) for k in range(last + 1)]
+    if sum(tokens) < limit or sum(tokens[:-1]) >= limit:
+        return [
+            f"_manifest.json: the run stopped after shard {last}, but its shards' tokens "
+            f"({sum(tokens)}) do not first reach data.max_tokens ({limit}) there"
+        ]
+    return []
 
 
 def _n_variants(spec: dict[str, Any]) -> int:

@@ -65,6 +65,11 @@ class DataSpec(_Strict):
     """Prompts longer than this many tokens are truncated (the count goes in the manifest)."""
     add_special_tokens: bool = True
     """Let the tokenizer add its special tokens (BOS, CLS/SEP), as a plain tokenizer call does."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Stop after this many tokens: the run covers the fewest leading shards whose tokens (as
+    the run counts them: every row written, every variant and pair row) reach it. Shards are
+    started in order; any later shard that finished meanwhile is dropped, so the dataset is the
+    same whatever the number of actors."""
     limit: int | None = Field(None, ge=1)
     """Read only the first `limit` rows."""
     chunk: ChunkSpec | None = None

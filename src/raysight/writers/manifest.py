@@ -34,6 +34,7 @@ __all__ = [
     "ManifestError",
     "adopt_records",
     "append_errors",
+    "covered_rows",
     "expected_shards",
     "file_sha256",
     "header_sha256",
@@ -91,9 +92,20 @@ def read_schema_ipc(text: str) -> Any:
 
 
 def expected_shards(manifest: dict[str, Any]) -> int:
-    """How many shards the run splits its input rows into (at least one)."""
+    """How many shards the run splits its input rows into (at least one), or, once
+    data.max_tokens was reached, how many it needed."""
+    budget = manifest.get("budget")
+    if isinstance(budget, dict) and isinstance(budget.get("last_shard"), int):
+        return budget["last_shard"] + 1
     size = (manifest.get("spec", {}).get("execution") or {}).get("shard_rows", 4096)
     return max(1, -(-manifest.get("input_rows", 0) // size))
+
+
+def covered_rows(manifest: dict[str, Any]) -> int:
+    """The input rows the dataset covers: all of them, or those of the shards data.max_tokens
+    needed."""
+    size = (manifest.get("spec", {}).get("execution") or {}).get("shard_rows", 4096)
+    return min(manifest.get("input_rows", 0), expected_shards(manifest) * size)
 
 
 def same_schema(found: Any, planned: Any) -> bool:
