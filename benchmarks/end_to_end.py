@@ -120,7 +120,7 @@ def nnsight_script(path: str, prompts: list[str], layer: int, out: Path, args):
 
 def raysight_run(prompts: list[str], layer: int, out: Path, runner: str, args):
     import raysight
-    from raysight.engine.verify import stage_seconds
+    from raysight.dataset.verify import stage_seconds
 
     t0 = time.perf_counter()
     summary = raysight.run(spec_for(prompts, layer, out, runner, args), log=lambda m: None)

@@ -21,9 +21,9 @@ import time
 import pyarrow as pa
 import torch
 
+from raysight.dataset.store import Store
 from raysight.writers.encode import ColumnInfo, arrow_field, encode_column
 from raysight.writers.shard import ShardWriter
-from raysight.writers.store import Store
 
 
 def _server() -> tuple[subprocess.Popen, int]:

@@ -14,7 +14,7 @@ import yaml
 import raysight
 from conftest import make_spec
 from raysight.cli import main
-from raysight.engine.verify import verify
+from raysight.dataset.verify import verify
 
 OPS = [{"save": "layers.0.output", "positions": [-1], "as": "h"}]
 

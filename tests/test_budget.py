@@ -9,7 +9,7 @@ import pytest
 
 import raysight
 from conftest import make_spec
-from raysight.engine.verify import verify
+from raysight.dataset.verify import verify
 
 OPS = [{"save": "layers.0.output", "positions": [-1], "as": "h"}]
 PROMPTS = [f"prompt {i} " + "x" * (i % 5) for i in range(20)]  # 10-15 tokens each

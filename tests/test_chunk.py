@@ -11,7 +11,7 @@ import torch
 
 import raysight
 from conftest import make_spec, plan_problems
-from raysight.engine.verify import verify
+from raysight.dataset.verify import verify
 
 DOCS = {
     "a": "The quick brown fox jumps over the lazy dog, again and again.",  # 61 characters

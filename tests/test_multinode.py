@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import raysight
-from raysight.engine.verify import verify
+from raysight.dataset.verify import verify
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent

@@ -14,8 +14,8 @@ import yaml
 import raysight
 from conftest import make_spec
 from raysight.cli import main
+from raysight.dataset.verify import verify
 from raysight.engine.run import OutputError
-from raysight.engine.verify import verify
 from raysight.spec import SpecError, parse_spec
 
 OPS = [{"save": "layers.0.output", "positions": [-1], "as": "h"}]

@@ -15,7 +15,7 @@ import torch
 
 import raysight
 from conftest import PROMPTS, make_spec
-from raysight.writers.reader import UnknownColumn
+from raysight.dataset.reader import UnknownColumn
 
 OPS = [
     {"save": "layers.1.output", "positions": [-1], "as": "last"},

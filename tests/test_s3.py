@@ -23,7 +23,7 @@ import yaml
 
 import raysight
 from raysight.cli import main
-from raysight.engine.verify import verify
+from raysight.dataset.verify import verify
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent

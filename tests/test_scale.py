@@ -24,7 +24,7 @@ import yaml
 
 import raysight
 from conftest import PROMPTS, by_id, make_spec
-from raysight.engine.verify import verify
+from raysight.dataset.verify import verify
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent

@@ -13,10 +13,10 @@ import pytest
 import raysight
 from conftest import make_spec
 from raysight.cli import main
+from raysight.dataset.verify import verify
 from raysight.engine import worker
 from raysight.engine.run import RunFailed
 from raysight.engine.selfcheck import pick
-from raysight.engine.verify import verify
 
 OPS = [{"save": "layers.1.output", "positions": [-1], "as": "h"}, {"save": "logits", "as": "lg"}]
 

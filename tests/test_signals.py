@@ -19,7 +19,7 @@ import psutil
 import pytest
 import yaml
 
-from raysight.engine.verify import verify
+from raysight.dataset.verify import verify
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent

@@ -20,7 +20,7 @@ from conftest import make_spec
 from raysight.data import readers
 from raysight.data.readers import read_range
 from raysight.data.sources import DataError, open_source
-from raysight.engine.verify import verify
+from raysight.dataset.verify import verify
 
 OPS = [{"save": "layers.0.output", "positions": [-1], "as": "h"}]
 TEXTS = [f"prompt number {i} " + "word " * (i % 7) for i in range(23)]

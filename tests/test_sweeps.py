@@ -137,7 +137,7 @@ def test_plan_shows_variants_and_rows(tiny_dirs, tmp_path, capsys):
 
 
 def test_a_failing_variant_loses_only_itself_and_verify_counts_it(tiny_dirs, run_spec, tmp_path):
-    from raysight.engine.verify import verify
+    from raysight.dataset.verify import verify
 
     # position {pos} = 5 does not exist in short prompts: those rows fail for that variant only
     spec = make_spec(
@@ -197,7 +197,7 @@ def test_swept_gradients_equal_plain_autograd(tiny_dirs, tiny_models, run_spec):
 def test_a_row_too_short_for_one_variant_is_written_in_the_others(tiny_dirs, run_spec, tmp_path):
     """A positions axis that reaches past a short row: an error for that variant only, with the
     variant and its sweep point; the row's other variants are written."""
-    from raysight.engine.verify import verify
+    from raysight.dataset.verify import verify
 
     spec = make_spec(
         tiny_dirs["llama"],

@@ -16,8 +16,8 @@ import pytest
 import raysight
 from conftest import make_spec
 from raysight.cli import main
-from raysight.engine.verify import verify
-from raysight.writers.reader import DamagedDataset
+from raysight.dataset.reader import DamagedDataset
+from raysight.dataset.verify import verify
 
 
 @pytest.fixture(scope="module")

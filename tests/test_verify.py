@@ -10,8 +10,8 @@ import yaml
 
 import raysight
 from raysight.cli import main
+from raysight.dataset.verify import verify
 from raysight.engine.run import RunFailed
-from raysight.engine.verify import verify
 
 
 def flaky_spec(out, xs, **execution):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import PROMPTS, by_id, make_spec
-from raysight.writers.decode import decode
+from raysight.dataset.decode import decode
 from raysight.writers.encode import ColumnInfo, arrow_field, encode_column
 from raysight.writers.shard import ShardWriter
 from reference import alone, first

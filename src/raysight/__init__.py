@@ -91,6 +91,6 @@ def _as_spec(spec: Any, allow_code: bool) -> Spec:
 
 def open(path: Any):
     """Open a raysight output directory (see :class:`raysight.writers.reader.Dataset`)."""
-    from .writers.reader import open_dataset
+    from .dataset.reader import open_dataset
 
     return open_dataset(path)

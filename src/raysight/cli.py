@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dataset_command(args: argparse.Namespace) -> int:
-    from .engine.verify import inspect, verify
+    from .dataset.verify import inspect, verify
 
     if args.command == "inspect":
         try:

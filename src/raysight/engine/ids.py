@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..writers.store import Store
+from ..dataset.store import Store
 
 __all__ = [
     "IDS_DIR",

@@ -23,8 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..dataset.store import Store
 from ..errors import RaysightError
-from ..writers.store import Store
 
 __all__ = ["LEASE_SECONDS", "LOCK_FILE", "LockHeld", "OutputLock"]
 

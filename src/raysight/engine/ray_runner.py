@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ..dataset.store import is_uri
 from ..errors import RaysightError
 from ..spec.models import Spec
 from ..writers.shard import part_name
-from ..writers.store import is_uri
 from .signals import as_interrupted, rearm
 
 __all__ = ["ClusterError", "RayRunner", "check_shared_output", "init_ray", "unseen_by"]

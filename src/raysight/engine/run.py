@@ -20,11 +20,7 @@ import pyarrow as pa
 
 from .. import __version__
 from ..data.readers import DataError
-from ..errors import RaysightError
-from ..models.bundled import resolve_bundled
-from ..spec.load import spec_hash, spec_to_dict
-from ..spec.models import Spec
-from ..writers.manifest import (
+from ..dataset.manifest import (
     ERRORS_FILE,
     FORMAT,
     MANIFEST_FILE,
@@ -40,8 +36,12 @@ from ..writers.manifest import (
     write_json,
     write_record,
 )
+from ..dataset.store import Store
+from ..errors import RaysightError
+from ..models.bundled import resolve_bundled
+from ..spec.load import spec_hash, spec_to_dict
+from ..spec.models import Spec
 from ..writers.shard import OWN_FILE
-from ..writers.store import Store
 from .budget import TokenBudget
 from .fingerprint import changes, fingerprint
 from .ids import IDS_DIR, duplicate_ids, ids_file, write_keys

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from ..writers.decode import decode
+from ..dataset.decode import decode
 from ..writers.encode import ColumnInfo
 
 __all__ = ["SelfCheck", "SelfCheckError", "keys_of", "pick", "tolerance"]

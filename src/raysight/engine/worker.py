@@ -24,6 +24,7 @@ from ..data.batching import (
     with_units,
 )
 from ..data.readers import Row, input_source, read_range
+from ..dataset.store import Store
 from ..interleave.actions import SetAction
 from ..interleave.interleaver import Interleaver, OpError
 from ..models.loading import load_model
@@ -31,7 +32,6 @@ from ..spec.load import parse_spec
 from ..spec.variants import token_fields
 from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
-from ..writers.store import Store
 from .ids import id_keys
 from .plan import RunPlan, make_plan, min_tokens
 from .selfcheck import SelfCheck, SelfCheckError, pick

@@ -5,7 +5,7 @@ datasets skip names starting with '.') and renamed into place by :meth:`ShardWri
 crash never leaves a partial file that looks finished. On an object store (no rename) it is one
 multipart upload to its final name, hashed as it is sent: a process that dies mid-upload leaves
 no object (the upload is never completed), and any object counts only once the driver has
-written the shard's completion record (writers/manifest.py). Batches are buffered until about
+written the shard's completion record (dataset/manifest.py). Batches are buffered until about
 ``row_group_bytes`` so row groups are sized in bytes, not rows.
 
 With ``background=True`` each full row group is encoded and written by one helper thread while
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from .store import Store
+from ..dataset.store import Store
 
 __all__ = ["OWN_FILE", "ShardWriter", "part_name"]
 

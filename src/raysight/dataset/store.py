@@ -4,7 +4,7 @@
 A local directory keeps POSIX guarantees: a file appears by an atomic rename after fsync. An
 object store has no rename; there an object appears whole when its upload completes (a single
 PUT for small files, a completed multipart upload for shard files), and nothing half-written is
-ever listed as finished: a shard counts once its completion record exists (writers/manifest.py).
+ever listed as finished: a shard counts once its completion record exists (dataset/manifest.py).
 Credentials and endpoints come from the standard environment (AWS_*, AWS_ENDPOINT_URL, ...).
 """
 

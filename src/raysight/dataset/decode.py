@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .encode import _NP, _TORCH
+from ..writers.encode import _NP, _TORCH
 
 __all__ = ["decode", "fixed_view"]
 

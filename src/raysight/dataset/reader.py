@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import torch
 
 from ..errors import RaysightError
+from ..writers.encode import _TORCH
 from .decode import decode, fixed_view
-from .encode import _TORCH
 from .manifest import (
     ERRORS_FILE,
     ManifestError,

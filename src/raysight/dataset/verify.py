@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 
 from ..spec.load import spec_data_hash
 from ..spec.sweep import axis_values
-from ..writers.manifest import (
+from ..writers.shard import part_name
+from .manifest import (
     ERRORS_FILE,
     FORMAT,
     ManifestError,
@@ -34,8 +35,7 @@ from ..writers.manifest import (
     read_schema_ipc,
     same_schema,
 )
-from ..writers.shard import part_name
-from ..writers.store import Store
+from .store import Store
 
 __all__ = ["inspect", "stage_seconds", "verify"]
 
