@@ -224,3 +224,36 @@ def test_overwrite_on_a_uri_deletes_only_raysights_objects(s3, tmp_path):
     _whole(uri, 6)
     assert "notes.txt" in _objects("ow")
     assert raysight.open(uri).columns == ["z"]
+
+
+def test_input_read_from_the_bucket(s3, tiny_dirs, tmp_path):
+    """data.source on the object store: a directory, a glob and a file, each shard reading its
+    own rows from the bucket."""
+    import pyarrow as pa
+
+    fs, _ = pafs.FileSystem.from_uri("s3://bucket/in")
+    texts = [f"text number {i}" for i in range(10)]
+    for k, lo in enumerate((0, 6)):
+        part = pa.table({"id": list(range(lo, lo + [6, 4][k])), "text": texts[lo : lo + [6, 4][k]]})
+        pq.write_table(part, f"bucket/in/pq/part-{k}.parquet", filesystem=fs)
+    with fs.open_output_stream("bucket/in/rows.jsonl") as f:
+        f.write(
+            "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)).encode()
+        )
+    for n, source in enumerate(
+        ["s3://bucket/in/pq", "s3://bucket/in/pq/*.parquet", "s3://bucket/in/rows.jsonl"]
+    ):
+        out = tmp_path / f"o{n}"
+        spec = {
+            "model": {"path": str(tiny_dirs["gpt2"])},
+            "data": {"source": source, "id_field": "id"},
+            "ops": [{"save": "layers.0.output", "positions": [-1], "as": "h"}],
+            "output": {"path": str(out), "include_text": True},
+            "execution": {"runner": "local", "shard_rows": 4},
+        }
+        raysight.run(spec, log=lambda _: None)
+        assert verify(out) == [], source
+        t = raysight.open(out).table(["example_id", "text"])
+        assert dict(zip(*(t.column(c).to_pylist() for c in ("example_id", "text")))) == dict(
+            enumerate(texts)
+        )

@@ -82,6 +82,7 @@ def _write_sources(root):
     )
     src["HF save_to_disk"] = str(root / "hf")
     src["file:// URI"] = f"file://{root / 'one.jsonl'}"
+    src["file:// directory"] = f"file://{d}"
     return src
 
 

@@ -127,10 +127,16 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def _join(uri: str, path: str, root: str) -> str:
-    """The URI of ``path`` (a path on the filesystem of ``uri``, whose own path is ``root``)."""
+    """The URI of ``path``, a path on the filesystem of ``uri`` (whose own path is ``root``):
+    the scheme, and the authority that pyarrow keeps out of its paths (hdfs://host:port)."""
     if "://" not in uri:
         return path
-    return uri[: len(uri) - len(root.lstrip("/"))].rstrip("/") + "/" + path.lstrip("/")
+    scheme, rest = uri.split("://", 1)
+    at = rest.find(root.strip("/")) if root.strip("/") else len(rest)
+    authority = rest[:at].rstrip("/") if at > 0 else ""
+    if authority:
+        return f"{scheme}://{authority}/{path.lstrip('/')}"
+    return f"{scheme}://{path}"  # s3: 'bucket/key'; file: '/abs/path' -> file:///abs/path
 
 
 def _glob_regex(pattern: str) -> re.Pattern:
