@@ -17,24 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).parent
-
-
-class Wide(torch.nn.Module):
-    """y[:, j] = 2 * x[:, 0] + 1: 4096 known float32 values a row from 8 input numbers."""
-
-    def __init__(self, width: int = 4096):
-        super().__init__()
-        self.lin = torch.nn.Linear(8, width)
-        with torch.no_grad():
-            self.lin.weight.zero_()
-            self.lin.weight[:, 0] = 2.0
-            self.lin.bias.fill_(1.0)
-
-    def forward(self, x):
-        return self.lin(x)
 
 
 CHILD = """
@@ -69,14 +52,14 @@ def main() -> None:
 
     out = Path(tempfile.mkdtemp(prefix="rs-reader-")) / "o"
     spec = {
-        "model": {"factory": "reader_memory:Wide"},
+        "model": {"factory": "tiny:wide"},  # tests/tiny.py: y[:, j] = 2 * x[:, 0] + 1
         "data": {"prompts": [{"x": [float(i)] + [0.0] * 7} for i in range(args.rows)]},
         "ops": [{"save": "lin.output", "as": "y"}],
         "output": {"path": str(out)},
         "execution": {"runner": "local", "self_check": 0},
     }
     spec["data"]["input_field"] = "x"
-    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parent / "tests"))
     raysight.run(spec, log=lambda _: None, allow_code=True)
     print("| reader | peak RSS above the start / result | result MiB | seconds |")
     print("|---|---|---|---|")
