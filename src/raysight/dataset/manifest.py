@@ -147,15 +147,22 @@ def write_record(store: Store, shard: int, entry: dict[str, Any], errors: list[t
     )
 
 
-def _records(store: Store) -> dict[int, dict[str, Any]]:
+def _records(store: Store, skip: set[int] = frozenset()) -> dict[int, dict[str, Any]]:
+    """The completion records, by shard, except those of the shards in ``skip`` (which are not
+    read: a resume of 100,000 finished shards reads no record)."""
     out = {}
     for name in store.names(RECORDS_DIR):
         stem = name.rsplit("/", 1)[-1]
-        if not (stem.startswith("part-") and stem.endswith(".json")):
+        number = stem.removeprefix("part-").removesuffix(".json")
+        if not (stem.startswith("part-") and stem.endswith(".json") and number.isdigit()):
+            continue
+        if int(number) in skip:
             continue
         try:
             rec = json.loads(store.read_bytes(name))
-            out[int(rec["shard"])] = rec
+            if int(rec["shard"]) != int(number):
+                raise ValueError(f"it says shard {rec['shard']}")
+            out[int(number)] = rec
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ManifestError(
                 f"{store.url(name)} is not a readable completion record ({e})"
@@ -186,9 +193,13 @@ def adopt_records(store: Store, manifest: dict[str, Any]) -> list[int]:
     """List as done, in ``manifest``, every shard with a completion record that the manifest
     does not list as done (its file must be there), with its row errors; returns those shards."""
     adopted = []
-    for k, rec in _records(store).items():
-        current = manifest["shards"].get(str(k)) or {}
-        if current.get("status") == "done" or not store.is_file(str(rec.get("file"))):
+    done = {
+        int(k)
+        for k, e in manifest["shards"].items()
+        if isinstance(e, dict) and e.get("status") == "done" and str(k).isdigit()
+    }
+    for k, rec in _records(store, skip=done).items():
+        if not store.is_file(str(rec.get("file"))):
             continue
         manifest["shards"][str(k)] = {f: v for f, v in rec.items() if f not in _RECORD_ONLY}
         errors = [
