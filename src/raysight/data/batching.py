@@ -21,6 +21,7 @@ __all__ = [
     "pack",
     "select",
     "token_targets",
+    "tokenize",
     "windows",
     "with_units",
 ]
@@ -91,6 +92,21 @@ def encode(tokenizer: Any, rows: list[Any], max_length: int, add_special: bool) 
             )
         )
     return out
+
+
+def tokenize(
+    tokenizer: Any,
+    rows: list[Any],
+    data: Any,
+    max_length: int,
+    errors: list,
+    with_text: bool = False,
+) -> list[Encoded]:
+    """Rows as model rows: cut into data.chunk windows, or one each (cut to ``max_length``).
+    The worker and the planner's size estimate both tokenize through here."""
+    if data.chunk is not None:
+        return windows(tokenizer, rows, data.chunk, errors, with_text=with_text)
+    return encode(tokenizer, rows, max_length, data.add_special_tokens)
 
 
 def windows(

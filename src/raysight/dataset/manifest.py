@@ -36,14 +36,13 @@ __all__ = [
     "append_errors",
     "covered_rows",
     "expected_shards",
-    "file_sha256",
     "header_sha256",
     "read_manifest",
     "read_schema_ipc",
+    "record_name",
     "same_schema",
     "schema_ipc",
     "write_json",
-    "write_json_atomic",
     "write_record",
 ]
 
@@ -117,17 +116,8 @@ def same_schema(found: Any, planned: Any) -> bool:
     )
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _json(data: Any) -> bytes:
     return json.dumps(data, indent=2, default=str, allow_nan=False).encode()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    Store(path.parent).write_bytes(path.name, _json(data))
 
 
 def write_json(store: Store, name: str, data: Any) -> None:

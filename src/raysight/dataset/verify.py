@@ -37,10 +37,10 @@ from .manifest import (
 )
 from .store import Store
 
-__all__ = ["inspect", "stage_seconds", "verify"]
+__all__ = ["inspect", "shard_keys", "stage_seconds", "verify"]
 
 
-def _read_ids(out: Store, name: str, per_token: bool) -> tuple[int, list, pa.Schema]:
+def shard_keys(out: Store, name: str, per_token: bool) -> tuple[int, list, pa.Schema]:
     """Row count, each row's key (example_id, variant, pair row, window offset[, position]) and
     the schema."""
     with out.open_input(name) as src:
@@ -172,7 +172,7 @@ def verify(directory: str | Path) -> list[str]:
         found = _shard_problems(k, entry, out, m)
         if not found:
             try:
-                n, keys, file_schema = _read_ids(out, entry["file"], per_token)
+                n, keys, file_schema = shard_keys(out, entry["file"], per_token)
             except _UNREADABLE as e:
                 found = [f"shard {k}: {entry['file']} cannot be read ({type(e).__name__}: {e})"]
             else:
@@ -190,7 +190,7 @@ def verify(directory: str | Path) -> list[str]:
             problems.append(f"orphan file {name}: no finished shard in the manifest owns it")
             # Readers of the directory see its rows too; an unreadable one is reported above.
             with contextlib.suppress(*_UNREADABLE):
-                seen.update(_read_ids(out, name, per_token)[1])
+                seen.update(shard_keys(out, name, per_token)[1])
         elif name.startswith(".part-"):
             problems.append(f"unfinished file {name} (a run was interrupted; rerun it)")
     dup = [key for key, c in seen.items() if c > 1]

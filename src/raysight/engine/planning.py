@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..data.batching import encode, windows
+from ..data.batching import tokenize
 from ..data.readers import id_type, input_source, read_range, tensor_sample, total_rows
 from ..data.sources import Source
 from ..models.loading import LoadedModel, load_model
@@ -94,10 +94,8 @@ def plan(spec: Spec, sample_rows: int = PLAN_SAMPLE, base_dir: str | Path = ".")
     meta = load_model(spec.model, meta=True)
     p = prepare(spec, base_dir, sample_rows, loaded=meta)
     rows = p.rows
-    if meta.tokenizer is not None and rows and spec.data.chunk is not None:
-        lengths = [len(e.ids) for e in windows(meta.tokenizer, rows, spec.data.chunk, [])]
-    elif meta.tokenizer is not None and rows:  # one length per row (per window when chunked)
-        enc = encode(meta.tokenizer, rows, p.plan.max_length, spec.data.add_special_tokens)
+    if meta.tokenizer is not None and rows:  # one length per model row (window when chunked)
+        enc = tokenize(meta.tokenizer, rows, spec.data, p.plan.max_length, [])
         lengths = [len(e.ids) for e in enc]
     else:
         lengths = [1] * len(rows)

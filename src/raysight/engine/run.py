@@ -32,11 +32,13 @@ from ..dataset.manifest import (
     expected_shards,
     header_sha256,
     read_manifest,
+    record_name,
     schema_ipc,
     write_json,
     write_record,
 )
 from ..dataset.store import Store
+from ..dataset.verify import shard_keys
 from ..errors import RaysightError
 from ..models.bundled import resolve_bundled
 from ..spec.load import spec_hash, spec_to_dict
@@ -347,7 +349,7 @@ def _cut(out: Store, manifest: dict[str, Any], budget: TokenBudget) -> None:
     meanwhile (their files, records, ids and row errors), and record where the run stopped."""
     for k in budget.extra():
         entry = manifest["shards"].pop(k)
-        for name in (entry.get("file"), f"{RECORDS_DIR}/part-{int(k):05d}.json", ids_file(int(k))):
+        for name in (entry.get("file"), record_name(int(k)), ids_file(int(k))):
             if name:
                 out.delete(name)
         append_errors(out, int(k), [])
@@ -361,7 +363,7 @@ def _check_ids(spec: Spec, out: Store, manifest: dict[str, Any]) -> None:
         return
 
     def read_ids(k: int) -> list:
-        return _shard_ids(out, shards[str(k)]["file"])
+        return [key[0] for key in shard_keys(out, shards[str(k)]["file"], per_token=False)[1]]
 
     n, some = duplicate_ids(out, sorted(int(k) for k in shards), read_ids)
     if n:
@@ -371,13 +373,3 @@ def _check_ids(spec: Spec, out: Store, manifest: dict[str, Any]) -> None:
             f"({where}). Every shard is kept and written; make the ids unique, or drop "
             "data.id_field to number rows by their position"
         )
-
-
-def _shard_ids(out: Store, name: str) -> list:
-    import pyarrow.ipc as ipc
-    import pyarrow.parquet as pq
-
-    with out.open_input(name) as f:
-        if name.endswith(".parquet"):
-            return pq.read_table(f, columns=["example_id"]).column(0).to_pylist()
-        return ipc.open_file(f).read_all().column("example_id").to_pylist()

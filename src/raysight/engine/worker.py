@@ -17,10 +17,9 @@ from ..data.batching import (
     Batch,
     Encoded,
     collate,
-    encode,
     pack,
     token_targets,
-    windows,
+    tokenize,
     with_units,
 )
 from ..data.readers import Row, input_source, read_range
@@ -130,11 +129,10 @@ class ShardRunner:
     def _encode(self, rows: list[Row], errors: list) -> list[Encoded]:
         if self.loaded.kind == "tensor":
             return [Encoded(r.example_id, [0]) for r in rows]
-        d = self.spec.data
-        if d.chunk is not None:
-            text = self.spec.output.include_text
-            return windows(self.loaded.tokenizer, rows, d.chunk, errors, with_text=text)
-        return encode(self.loaded.tokenizer, rows, self.plan.max_length, d.add_special_tokens)
+        text = self.spec.output.include_text
+        return tokenize(
+            self.loaded.tokenizer, rows, self.spec.data, self.plan.max_length, errors, text
+        )
 
     def _collate(self, items: list[Encoded], rows: dict[Any, Row]) -> Batch:
         if self.loaded.kind == "tensor":
