@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 WORDS = "the of and to in is was for on that with as by at from his her an were are which".split()
 CHILD = """
-import io, json, resource, sys, time
+import io, json, sys, time
 from contextlib import redirect_stdout
 t = time.perf_counter()
 from raysight.cli import main
@@ -32,7 +32,8 @@ with redirect_stdout(buf):
     rc = main(["plan", sys.argv[1]])
 seconds = time.perf_counter() - t
 rows = [l for l in buf.getvalue().splitlines() if l.startswith("input rows")]
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec (a child would report its parent's peak)
+peak = int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM")).split()[1]) / 1024
 line = rows[0] if rows else buf.getvalue()
 print(json.dumps({"rc": rc, "seconds": seconds, "peak_mb": peak, "line": line}))
 """

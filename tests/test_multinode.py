@@ -4,7 +4,6 @@ rerun elsewhere, every row appears once; an output path that some node cannot se
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -91,8 +90,7 @@ def test_a_lost_node_loses_no_row(cluster, tmp_path):
         deadline = time.time() + 180
         victim = None
         while time.time() < deadline and driver.poll() is None:
-            m = out / "_manifest.json"
-            if m.exists() and len(json.loads(m.read_text())["shards"]) >= 2:
+            if len(list(out.glob("_shards/part-*.json"))) >= 2:  # two shards finished
                 runners = [
                     p
                     for p in psutil.process_iter(["cmdline"])

@@ -192,21 +192,23 @@ def test_a_manifest_that_cannot_be_written_is_a_message_and_keeps_what_is_done(
     written just before the manifest failed, and finishes the rest."""
     import errno
 
+    from raysight.dataset.store import Store
     from raysight.engine import run as run_module
 
     out = tmp_path / "o"
     spec = make_spec(tiny_dirs["gpt2"], out, OPS, execution={"shard_rows": 3})
-    real = run_module.write_json
+    real = Store.write_bytes
 
     def full_disk(store, name, data):
-        if name == "_manifest.json" and len(data.get("shards", {})) == 2:
+        if name == "_manifest.json" and (out / "_shards" / "part-00001.json").exists():
             raise OSError(errno.ENOSPC, "No space left on device")
         real(store, name, data)
 
-    monkeypatch.setattr(run_module, "write_json", full_disk)
+    monkeypatch.setattr(run_module._Saver, "due", lambda self, now: True)  # after every shard
+    monkeypatch.setattr(Store, "write_bytes", full_disk)
     with pytest.raises(OutputError, match=r"cannot write the manifest .*No space left"):
         raysight.run(spec, log=lambda _: None)
-    monkeypatch.setattr(run_module, "write_json", real)
+    monkeypatch.setattr(Store, "write_bytes", real)
     kept = json.loads((out / "_manifest.json").read_text())["shards"]
     assert list(kept) == ["0"]
     assert (out / "_shards" / "part-00001.json").exists()  # recorded before the manifest failed

@@ -186,9 +186,9 @@ def test_duplicate_ids_within_and_across_shards(tiny_dirs, tmp_path):
 
 
 def test_a_hash_collision_is_not_a_duplicate(tiny_dirs, tmp_path, monkeypatch):
-    from raysight.engine import ids
+    from raysight.dataset import keys
 
-    monkeypatch.setattr(ids, "_key", lambda eid: 7)  # every string id collides
+    monkeypatch.setattr(keys, "key64", lambda value: 7)  # every id and row key collides
     (tmp_path / "in.jsonl").write_text(_jsonl(TEXTS))
     spec = make_spec(tiny_dirs["gpt2"], tmp_path / "o", OPS, execution={"shard_rows": 5})
     spec["data"] = {"source": str(tmp_path / "in.jsonl"), "id_field": "id"}

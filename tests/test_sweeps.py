@@ -77,7 +77,7 @@ def test_batched_variants_equal_each_variant_alone(arch, tiny_dirs, tiny_models,
         torch.testing.assert_close(last[k][0], ref_last, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(h[k][0], ref_h, atol=1e-5, rtol=1e-5)
     # the variants of a row really shared batches: fewer batches than rows
-    assert ds.manifest["shards"]["0"]["padded_tokens"] > 0
+    assert ds.manifest.shards[0].padded_tokens > 0
 
 
 def test_a_sweep_that_names_an_unknown_module_is_an_error(tiny_dirs):

@@ -186,10 +186,13 @@ def test_a_manifest_that_is_not_one(copy_of, text, words):
     assert_found(ds, words)
 
 
-def test_a_garbled_error_report_is_a_finding(copy_of):
+def test_a_garbled_or_edited_error_report_is_a_finding(copy_of):
     ds = copy_of()
-    (ds / "_errors.jsonl").write_text('{"shard": 0, "example_id": 1}\nnot json\n')
+    (ds / "_errors.jsonl").write_text("not json\n")
     assert_found(ds, "_errors.jsonl: not a readable error report")
+    # an error that no shard's completion record lists (the report is written from them)
+    (ds / "_errors.jsonl").write_text('{"shard": 0, "example_id": 1, "reason": "made up"}\n')
+    assert_found(ds, "_errors.jsonl: line 1 is not the shards' completion records'")
 
 
 def test_open_reads_what_the_manifest_lists_and_says_what_is_missing(copy_of):
@@ -198,7 +201,10 @@ def test_open_reads_what_the_manifest_lists_and_says_what_is_missing(copy_of):
     shutil.copy(ds / "part-00000.parquet", ds / "part-00009.parquet")  # a stray copy
     shutil.copy(ds / "part-00000.parquet", ds / "part-00000-copy.parquet")
     assert raysight.open(ds).table().num_rows == n  # neither is read
-    _edit(ds, lambda m: m["shards"].pop("2"))  # as if the run stopped before shard 2
+    _edit(ds, lambda m: m["shards"].pop("2"))  # as if the manifest lagged behind shard 2
+    assert raysight.open(ds).table().num_rows == n  # its completion record counts
+    assert not any("shard 2" in p for p in verify(ds))
+    (ds / "_shards" / "part-00002.json").unlink()  # as if the run stopped before shard 2
     with pytest.warns(UserWarning, match=r"incomplete: shard\(s\) \[2\] are not finished"):
         opened = raysight.open(ds)
     assert opened.missing == [2] and [f.name for f in opened.files] == [

@@ -104,3 +104,37 @@ def test_unreachable_address_fails_fast_with_a_clear_message(tiny_dirs, tmp_path
         == 2
     )
     assert "cannot reach a Ray cluster at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_the_manifest_and_error_report_are_not_rewritten_per_shard(tmp_path, monkeypatch):
+    """20 shards, poisoned rows in three: with the manifest's interval longer than the run, the
+    manifest is written when the run starts and once as it ends, the error report once, and
+    the dataset is whole (every shard's completion record was written as it finished)."""
+    from raysight.dataset.store import Store
+    from raysight.engine import run as run_module
+
+    writes: list[str] = []
+    real_bytes, real_chunks = Store.write_bytes, Store.write_chunks
+
+    def count_bytes(store, name, data):
+        writes.append(name)
+        real_bytes(store, name, data)
+
+    def count_chunks(store, name, chunks):
+        writes.append(name)
+        real_chunks(store, name, chunks)
+
+    monkeypatch.setattr(run_module._Saver, "EVERY", 3600.0)
+    monkeypatch.setattr(Store, "write_bytes", count_bytes)
+    monkeypatch.setattr(Store, "write_chunks", count_chunks)
+    out = tmp_path / "o"
+    raysight.run(
+        flaky_spec(out, rows(60, poisoned={4, 31, 59})), log=lambda _: None, allow_code=True
+    )
+    assert writes.count("_manifest.json") == 2 and writes.count("_errors.jsonl") == 1
+    assert sum(w.startswith("_shards/") for w in writes) == 20
+    assert verify(out) == []
+    ds = raysight.open(out)
+    assert [(e["shard"], e["example_id"]) for e in ds.errors()] == [(1, 4), (10, 31), (19, 59)]
+    lines = (out / "_errors.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == ds.errors()

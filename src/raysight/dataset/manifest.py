@@ -1,16 +1,12 @@
-"""The dataset manifest (``_manifest.json``): resolved spec, its hash, versions, columns, and the
-status and row counts of every shard. Names start with '_' so pyarrow/polars/duckdb readers of
-the directory skip them. Every write is atomic (temp file + rename).
+"""The dataset manifest (``_manifest.json``) as typed nouns: a ``Manifest`` (the resolved spec,
+its hash, versions, columns, schema, input rows) and one ``ShardEntry`` per shard run (done or
+failed). Names start with '_' so pyarrow/polars/duckdb readers of the directory skip them. Every
+write is atomic (temp file + rename, or one PUT on an object store).
 
-Every finished shard also has a completion record, ``_shards/part-NNNNN.json``: its manifest
-entry and its row errors, written before the manifest lists it. A resumed run adopts the
-records of shards its manifest does not list as done, so a driver that died between the two
-writes, or a second driver on the same object-store prefix whose manifest write won, loses no
-finished shard: nothing depends on one read-modify-write of a shared file being atomic.
-
-The manifest proves its own integrity: its header (spec, hash, columns, schema, layout, input
-rows) carries a checksum, and each finished shard its file's size and SHA-256, so ``verify`` can
-tell any changed byte, swapped file or edited column from a whole dataset.
+The manifest proves its own integrity: its header (HEADER_KEYS) carries a checksum, and each
+finished shard its file's size and SHA-256, so ``verify`` can tell any changed byte, swapped file
+or edited column from a whole dataset. It is not the only record of progress: every finished
+shard also has a completion record (dataset/records.py), which a resume adopts.
 """
 
 from __future__ import annotations
@@ -18,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +22,21 @@ from ..errors import RaysightError
 from .store import Store
 
 __all__ = [
-    "ERRORS_FILE",
     "FORMAT",
     "HEADER_KEYS",
     "MANIFEST_FILE",
-    "RECORDS_DIR",
     "SPEC_FILE",
+    "Manifest",
     "ManifestError",
-    "adopt_records",
-    "append_errors",
-    "covered_rows",
-    "expected_shards",
-    "header_sha256",
-    "read_manifest",
+    "ShardEntry",
     "read_schema_ipc",
-    "record_name",
     "same_schema",
     "schema_ipc",
     "write_json",
-    "write_record",
 ]
 
 MANIFEST_FILE = "_manifest.json"
 SPEC_FILE = "_spec.json"
-ERRORS_FILE = "_errors.jsonl"
-RECORDS_DIR = "_shards"
 FORMAT = "raysight-dataset/1"  # the marker by which a manifest is known to be raysight's
 #: what the run fixed before its first shard; covered by the header checksum
 HEADER_KEYS = (
@@ -65,17 +52,230 @@ HEADER_KEYS = (
     "input_rows",
     "fingerprint",
 )
+# the header's keys a manifest must hold, and their types
+_REQUIRED = {
+    "spec_hash": str,
+    "spec": dict,
+    "layout": str,
+    "columns": list,
+    "schema": str,
+    "schema_ipc": str,
+    "input_rows": int,
+    "shards": dict,
+}
 
 
 class ManifestError(RaysightError, ValueError):
-    """A ``_manifest.json`` that cannot be read as a manifest; the message says why."""
+    """A ``_manifest.json`` that cannot be read as a manifest; ``problems`` lists every reason."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
 
 
-def header_sha256(manifest: dict[str, Any]) -> str:
-    """Checksum of the manifest's header (HEADER_KEYS), independent of key order."""
-    header = {k: manifest.get(k) for k in HEADER_KEYS}
-    blob = json.dumps(header, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+@dataclass
+class ShardEntry:
+    """One shard in the manifest: ``done`` with its file and counts, or ``failed`` with the
+    last error and how many attempts it had."""
+
+    status: str  # "done" | "failed"
+    file: str | None = None
+    bytes: int = 0
+    sha256: str | None = None
+    rows: int = 0  # output rows written (tokens in the per_token layout)
+    examples: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    truncated: int = 0
+    errors: int = 0  # row errors, listed in its completion record
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+    self_check: dict[str, Any] = field(default_factory=dict)
+    error: str = ""  # failed: the last attempt's error
+    attempts: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    @classmethod
+    def failed(cls, error: str, attempts: int) -> ShardEntry:
+        return cls("failed", error=error, attempts=attempts)
+
+    def to_json(self) -> dict[str, Any]:
+        if not self.done:
+            return {"status": self.status, "error": self.error, "attempts": self.attempts}
+        return {k: v for k, v in asdict(self).items() if k not in ("error", "attempts")}
+
+    @classmethod
+    def from_json(cls, k: str, data: Any) -> ShardEntry:
+        """ManifestError naming the shard where ``data`` is not an entry."""
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+            raise ManifestError(f"_manifest.json: shard {k!r} has no status")
+        if data["status"] == "done" and not all(
+            isinstance(data.get(f), t)
+            for f, t in (("file", str), ("rows", int), ("bytes", int), ("sha256", str))
+        ):
+            raise ManifestError(f"_manifest.json: shard {k} lacks its file, rows, size or checksum")
+        known = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
+        try:
+            return cls(**known)
+        except TypeError as e:
+            raise ManifestError(f"_manifest.json: shard {k}: {e}") from None
+
+
+@dataclass
+class Manifest:
+    """What a run fixed before its first shard (the header), and every shard it ran."""
+
+    spec_hash: str
+    spec: dict[str, Any]
+    model: dict[str, Any]
+    layout: str
+    format_files: str
+    columns: list[dict[str, Any]]
+    schema: str
+    schema_ipc: str
+    input_rows: int
+    fingerprint: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    shards: dict[int, ShardEntry] = field(default_factory=dict)
+    budget: dict[str, Any] | None = None  # {max_tokens, last_shard} once data.max_tokens was hit
+    header_sha256: str | None = None  # fixed by the first run; None in an older manifest
+    format: str = FORMAT
+
+    # ------------------------------------------------------------ the header
+    def header(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in HEADER_KEYS}
+
+    def header_checksum(self) -> str:
+        """Checksum of the header, independent of key order."""
+        blob = json.dumps(self.header(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def seal(self) -> Manifest:
+        """Fix the header checksum (a new run's manifest, before its first shard)."""
+        if self.header_sha256 is None:
+            self.header_sha256 = self.header_checksum()
+        return self
+
+    @property
+    def header_intact(self) -> bool:
+        return self.header_sha256 == self.header_checksum()
+
+    def planned_schema(self) -> Any:
+        return read_schema_ipc(self.schema_ipc)
+
+    # ------------------------------------------------------------ the shards
+    @property
+    def shard_rows(self) -> int:
+        return (self.spec.get("execution") or {}).get("shard_rows", 4096)
+
+    @property
+    def n_shards(self) -> int:
+        """How many shards the input rows split into (at least one)."""
+        return max(1, -(-self.input_rows // self.shard_rows))
+
+    @property
+    def expected_shards(self) -> int:
+        """The shards the dataset is made of: all of them, or, once data.max_tokens was
+        reached, those it needed."""
+        last = (self.budget or {}).get("last_shard")
+        return last + 1 if isinstance(last, int) else self.n_shards
+
+    @property
+    def covered_rows(self) -> int:
+        """The input rows the dataset covers."""
+        return min(self.input_rows, self.expected_shards * self.shard_rows)
+
+    def input_range(self, k: int) -> range:
+        """Shard ``k``'s input rows."""
+        return range(k * self.shard_rows, min(self.input_rows, (k + 1) * self.shard_rows))
+
+    def done(self) -> dict[int, ShardEntry]:
+        """The finished shards, in shard order."""
+        return {k: e for k, e in sorted(self.shards.items()) if e.done}
+
+    def failed(self) -> dict[int, ShardEntry]:
+        return {k: e for k, e in sorted(self.shards.items()) if not e.done}
+
+    def is_done(self, k: int) -> bool:
+        entry = self.shards.get(k)
+        return entry is not None and entry.done
+
+    def totals(self) -> dict[str, int]:
+        """examples, rows, tokens, padded_tokens and errors, summed over finished shards."""
+        keys = ("examples", "rows", "tokens", "padded_tokens", "errors")
+        done = self.done().values()
+        return {k: sum(getattr(e, k) for e in done) for k in keys}
+
+    # ------------------------------------------------------------ JSON
+    def to_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in HEADER_KEYS}
+        out["versions"] = self.versions
+        out["header_sha256"] = self.header_sha256
+        out["shards"] = {str(k): e.to_json() for k, e in sorted(self.shards.items())}
+        if self.budget is not None:
+            out["budget"] = self.budget
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = MANIFEST_FILE) -> Manifest:
+        """ManifestError listing every problem where ``data`` is not a raysight manifest."""
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where} holds a {type(data).__name__}, not a manifest object")
+        if data.get("format") != FORMAT:
+            raise ManifestError(
+                f"{where}: format {data.get('format')!r} is not {FORMAT!r}: raysight did not "
+                "write it"
+            )
+        problems = [
+            f"_manifest.json: '{key}' is missing or not a {kind.__name__}"
+            for key, kind in _REQUIRED.items()
+            if not isinstance(data.get(key), kind)
+        ]
+        if problems:
+            raise ManifestError(problems)
+        shards = {}
+        for k, entry in data["shards"].items():
+            try:
+                parsed = ShardEntry.from_json(k, entry)
+            except ManifestError as e:
+                problems += e.problems
+                continue
+            if not str(k).isdigit():
+                problems.append(f"_manifest.json: shard {k!r} is not a shard number")
+                continue
+            shards[int(k)] = parsed
+        if problems:
+            raise ManifestError(problems)
+        return cls(
+            **{k: data.get(k) for k in HEADER_KEYS if k != "format"},
+            versions=data.get("versions") or {},
+            shards=shards,
+            budget=data.get("budget"),
+            header_sha256=data.get("header_sha256"),
+        )
+
+    @classmethod
+    def read(cls, directory: str | Path | Store) -> Manifest | None:
+        """The manifest, or None where there is none; ManifestError where it is not one."""
+        store = directory if isinstance(directory, Store) else Store(directory)
+        where = store.url(MANIFEST_FILE)
+        try:
+            raw = store.read_bytes(MANIFEST_FILE)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ManifestError(f"{where} is not readable ({e})") from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ManifestError(f"{where} is not readable JSON ({e})") from None
+        return cls.from_json(data, where)
+
+    def save(self, store: Store) -> None:
+        write_json(store, MANIFEST_FILE, self.to_json())
 
 
 def schema_ipc(schema: Any) -> str:
@@ -90,23 +290,6 @@ def read_schema_ipc(text: str) -> Any:
     return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text, validate=True)))
 
 
-def expected_shards(manifest: dict[str, Any]) -> int:
-    """How many shards the run splits its input rows into (at least one), or, once
-    data.max_tokens was reached, how many it needed."""
-    budget = manifest.get("budget")
-    if isinstance(budget, dict) and isinstance(budget.get("last_shard"), int):
-        return budget["last_shard"] + 1
-    size = (manifest.get("spec", {}).get("execution") or {}).get("shard_rows", 4096)
-    return max(1, -(-manifest.get("input_rows", 0) // size))
-
-
-def covered_rows(manifest: dict[str, Any]) -> int:
-    """The input rows the dataset covers: all of them, or those of the shards data.max_tokens
-    needed."""
-    size = (manifest.get("spec", {}).get("execution") or {}).get("shard_rows", 4096)
-    return min(manifest.get("input_rows", 0), expected_shards(manifest) * size)
-
-
 def same_schema(found: Any, planned: Any) -> bool:
     """Types (list field names aside, which Parquet renames) and field metadata (dtype, shape,
     site) equal; schema-level metadata (pandas, ARROW:schema) is the writer's business."""
@@ -116,118 +299,5 @@ def same_schema(found: Any, planned: Any) -> bool:
     )
 
 
-def _json(data: Any) -> bytes:
-    return json.dumps(data, indent=2, default=str, allow_nan=False).encode()
-
-
 def write_json(store: Store, name: str, data: Any) -> None:
-    store.write_bytes(name, _json(data))
-
-
-def record_name(shard: int) -> str:
-    return f"{RECORDS_DIR}/part-{shard:05d}.json"
-
-
-def write_record(store: Store, shard: int, entry: dict[str, Any], errors: list[tuple]) -> None:
-    """The shard's completion record: its manifest entry and its row errors."""
-    write_json(
-        store,
-        record_name(shard),
-        {"shard": shard, **entry, "row_errors": _error_records(shard, errors)},
-    )
-
-
-def _records(store: Store, skip: set[int] = frozenset()) -> dict[int, dict[str, Any]]:
-    """The completion records, by shard, except those of the shards in ``skip`` (which are not
-    read: a resume of 100,000 finished shards reads no record)."""
-    out = {}
-    for name in store.names(RECORDS_DIR):
-        stem = name.rsplit("/", 1)[-1]
-        number = stem.removeprefix("part-").removesuffix(".json")
-        if not (stem.startswith("part-") and stem.endswith(".json") and number.isdigit()):
-            continue
-        if int(number) in skip:
-            continue
-        try:
-            rec = json.loads(store.read_bytes(name))
-            if int(rec["shard"]) != int(number):
-                raise ValueError(f"it says shard {rec['shard']}")
-            out[int(number)] = rec
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ManifestError(
-                f"{store.url(name)} is not a readable completion record ({e})"
-            ) from None
-    return out
-
-
-def read_manifest(directory: str | Path | Store) -> dict[str, Any] | None:
-    """The manifest, or None where there is none; ManifestError where it is not one."""
-    store = directory if isinstance(directory, Store) else Store(directory)
-    where = store.url(MANIFEST_FILE)
-    try:
-        raw = store.read_bytes(MANIFEST_FILE)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise ManifestError(f"{where} is not readable ({e})") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{where} is not readable JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ManifestError(f"{where} holds a {type(data).__name__}, not a manifest object")
-    return data
-
-
-def adopt_records(store: Store, manifest: dict[str, Any]) -> list[int]:
-    """List as done, in ``manifest``, every shard with a completion record that the manifest
-    does not list as done (its file must be there), with its row errors; returns those shards."""
-    adopted = []
-    done = {
-        int(k)
-        for k, e in manifest["shards"].items()
-        if isinstance(e, dict) and e.get("status") == "done" and str(k).isdigit()
-    }
-    for k, rec in _records(store, skip=done).items():
-        if not store.is_file(str(rec.get("file"))):
-            continue
-        manifest["shards"][str(k)] = {f: v for f, v in rec.items() if f not in _RECORD_ONLY}
-        errors = [
-            (e["example_id"], e["reason"], {f: e[f] for f in ("variant", "offset") if f in e})
-            for e in rec.get("row_errors", [])
-        ]
-        append_errors(store, k, errors)
-        adopted.append(k)
-    return adopted
-
-
-_RECORD_ONLY = ("shard", "row_errors")
-
-
-def _error_records(shard: int, errors: list[tuple]) -> list[dict[str, Any]]:
-    """An error is (example_id, reason), or (example_id, reason, {variant, offset}) for one
-    sweep variant or one data.chunk window."""
-    out = []
-    for eid, why, *extra in errors:
-        rec = {"shard": shard, "example_id": eid, "reason": why}
-        out.append({**rec, **(extra[0] if extra else {})})
-    return out
-
-
-def append_errors(directory: Path | Store, shard: int, errors: list[tuple]) -> None:
-    """Rewrite the error report with this shard's row errors replacing any earlier ones (the
-    completion records hold the same errors; this file is the one report to read)."""
-    store = directory if isinstance(directory, Store) else Store(directory)
-    kept = []
-    try:
-        text = store.read_bytes(ERRORS_FILE).decode("utf-8")
-    except FileNotFoundError:
-        text = ""
-    for line in text.splitlines():
-        rec = json.loads(line)
-        if rec.get("shard") != shard:
-            kept.append(rec)
-    kept += _error_records(shard, errors)
-    store.write_bytes(
-        ERRORS_FILE, "".join(json.dumps(r, default=str) + "\n" for r in kept).encode()
-    )
+    store.write_bytes(name, json.dumps(data, indent=2, default=str, allow_nan=False).encode())

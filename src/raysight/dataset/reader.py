@@ -8,7 +8,6 @@ torch tensors, and per-row token dimensions back to a list of tensors.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -24,14 +23,8 @@ import torch
 from ..errors import RaysightError
 from ..writers.encode import _TORCH
 from .decode import decode, fixed_view
-from .manifest import (
-    ERRORS_FILE,
-    ManifestError,
-    expected_shards,
-    read_manifest,
-    read_schema_ipc,
-    same_schema,
-)
+from .manifest import Manifest, ShardEntry, same_schema
+from .records import adopt_records, read_errors
 from .store import Store
 
 __all__ = ["DamagedDataset", "Dataset", "UnknownColumn", "open_dataset"]
@@ -43,30 +36,26 @@ class DamagedDataset(RaysightError, RuntimeError):
 
 
 class Dataset:
-    """The finished shards a dataset's manifest lists, in shard order (never a glob: a stray
-    or copied ``part-*`` file is not read). Shards not finished yet are in ``missing``."""
+    """The finished shards of a dataset, in shard order: those its manifest lists, and those
+    with a completion record that a run still writing has not listed yet (never a glob: a
+    stray or copied ``part-*`` file is not read). Shards not finished yet are in ``missing``."""
 
     def __init__(self, path: str | Path):
         self.store = Store(path)
         self.path: Path | str = self.store.dir if self.store.local else self.store.uri
-        manifest = read_manifest(self.store)
+        manifest = Manifest.read(self.store)  # ManifestError where it is not one
         if manifest is None:
             raise FileNotFoundError(f"{self.path} is not a raysight dataset (no _manifest.json)")
-        self.manifest: dict[str, Any] = manifest
-        shards = manifest.get("shards")
-        if not isinstance(shards, dict):
-            raise ManifestError(f"{self.store.url('_manifest.json')} lists no shards")
-        done = {int(k): s for k, s in shards.items() if s.get("status") == "done"}
-        self._shards = {k: done[k] for k in sorted(done)}
-        self.missing = [k for k in range(expected_shards(manifest)) if k not in done]
-        planned = read_schema_ipc(manifest["schema_ipc"]) if "schema_ipc" in manifest else None
+        if len(manifest.done()) < manifest.expected_shards:  # a run is writing, or was killed
+            adopt_records(self.store, manifest)
+        self.manifest: Manifest = manifest
+        self._shards = manifest.done()
+        self.missing = [k for k in range(manifest.expected_shards) if k not in self._shards]
+        planned = manifest.planned_schema()
         for k, entry in self._shards.items():  # cheap checks now; page checksums on read
             self._check(k, entry, planned)
-        if planned is None:  # an older manifest: the first file's schema
-            first = next(iter(self._shards.values()), None)
-            planned = self._file_schema(first["file"]) if first else pa.schema([])
         self._schema: pa.Schema = planned
-        self._info = {c["name"]: c for c in manifest["columns"]}
+        self._info = {c["name"]: c for c in manifest.columns}
         if self.missing:
             warnings.warn(
                 f"{self.path} is incomplete: shard(s) {self.missing} are not finished (rerun the "
@@ -74,20 +63,18 @@ class Dataset:
                 stacklevel=3,
             )
 
-    def _check(self, k: int, entry: dict[str, Any], planned: pa.Schema | None) -> None:
+    def _check(self, k: int, entry: ShardEntry, planned: pa.Schema) -> None:
         """The shard's file exists with the size the run recorded and the plan's schema (read
         from its footer), so each file decodes with the dtype and shape of the manifest."""
-        name = entry["file"]
+        name = entry.file
         size = self.store.size(name)
         if size is None:
             raise DamagedDataset(f"shard {k}: its file {name} is missing")
-        if "bytes" in entry and size != entry["bytes"]:
+        if size != entry.bytes:
             raise DamagedDataset(
-                f"shard {k}: {name} has {size} bytes, the manifest says {entry['bytes']} "
+                f"shard {k}: {name} has {size} bytes, the manifest says {entry.bytes} "
                 "(run raysight verify)"
             )
-        if planned is None:
-            return
         try:
             schema = self._file_schema(name)
         except (OSError, pa.ArrowException) as e:
@@ -105,8 +92,8 @@ class Dataset:
     def files(self) -> list[Path] | list[str]:
         """The finished shards' files: paths, or URLs on an object store."""
         if self.store.local:
-            return [self.store.dir / s["file"] for s in self._shards.values()]
-        return [self.store.url(s["file"]) for s in self._shards.values()]
+            return [self.store.dir / s.file for s in self._shards.values()]
+        return [self.store.url(s.file) for s in self._shards.values()]
 
     @property
     def columns(self) -> list[str]:
@@ -119,7 +106,7 @@ class Dataset:
 
     @property
     def num_rows(self) -> int:
-        return sum(s["rows"] for s in self._shards.values())
+        return sum(s.rows for s in self._shards.values())
 
     # -------------------------------------------------------------- streaming
     def iter_batches(
@@ -139,8 +126,8 @@ class Dataset:
         for k, entry in self._shards.items():
             if filter is None and stop is not None and pos >= stop:
                 return
-            if filter is None and pos + entry["rows"] <= start:
-                pos += entry["rows"]
+            if filter is None and pos + entry.rows <= start:
+                pos += entry.rows
                 continue
             for batch in self._scan(k, entry, cols, filter, batch_rows):
                 lo, hi = max(start - pos, 0), batch.num_rows
@@ -231,12 +218,12 @@ class Dataset:
     def _scan(
         self,
         k: int,
-        entry: dict[str, Any],
+        entry: ShardEntry,
         cols: list[str],
         filter: Any,
         batch_rows: int,
     ) -> Iterator[pa.RecordBatch]:
-        name = entry["file"]
+        name = entry.file
         try:
             # little read-ahead: pyarrow's default (16 batches) would hold ~16 batches at once;
             # one thread: each scan thread's allocator keeps what it freed
@@ -254,11 +241,11 @@ class Dataset:
                 f"shard {k}: {name} cannot be read ({e}); run raysight verify"
             ) from None
 
-    def _file(self, entry: dict[str, Any]) -> pads.Dataset:
+    def _file(self, entry: ShardEntry) -> pads.Dataset:
         """One shard's file as a pyarrow dataset (projection and filters pushed down; Parquet
         page checksums verified)."""
-        fmt = _PARQUET if entry["file"].endswith(".parquet") else "ipc"
-        path = self.store.path(entry["file"])
+        fmt = _PARQUET if entry.file.endswith(".parquet") else "ipc"
+        path = self.store.path(entry.file)
         return pads.dataset(path, format=fmt, schema=self._schema, filesystem=self.store.fs)
 
     def _count(self, rows: range | slice | None, filter: Any) -> int:
@@ -292,7 +279,7 @@ class Dataset:
     def hf(self):
         """An HF ``datasets.Dataset``. datasets has no type for Arrow's fixed_shape_tensor, so
         tensor columns arrive as their storage: fixed-shape values flattened to one list per row
-        (reshape with ``self.manifest['columns']``), per-token values as a list per token."""
+        (reshape with ``self.manifest.columns``), per-token values as a list per token."""
         import datasets
 
         table = self.table()
@@ -307,18 +294,16 @@ class Dataset:
         import ray.data
 
         files = [str(f) for f in self.files]
-        if self.manifest.get("format_files", "parquet") == "parquet":
+        if (self.manifest.format_files or "parquet") == "parquet":
             return ray.data.read_parquet(files)
         from ._ray_arrow import ArrowIPCDatasource
 
         return ray.data.read_datasource(ArrowIPCDatasource(files))
 
     def errors(self) -> list[dict[str, Any]]:
-        try:
-            text = self.store.read_bytes(ERRORS_FILE).decode("utf-8")
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line]
+        """The finished shards' row errors (from their completion records, which are also
+        current while a run is still writing ``_errors.jsonl``)."""
+        return list(read_errors(self.store, self.manifest))
 
 
 class UnknownColumn(RaysightError, KeyError):

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,48 @@ class Store:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def write_chunks(self, name: str, chunks: Iterable[bytes]) -> None:
+        """Write a file of any size atomically from ``chunks``, holding one at a time: locally
+        as write_bytes does; for an object store spooled to a local temporary file first, so
+        a failing producer uploads nothing."""
+        target = self.dir / name if self.local else None
+        where = target.parent if target is not None else None
+        if where is not None:
+            where.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name.rsplit('/', 1)[-1]}.", dir=where)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if target is not None:
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+                return
+            with open(tmp, "rb") as src, self.fs.open_output_stream(self.path(name)) as dst:
+                while block := src.read(8 * 2**20):
+                    dst.write(block)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def read_lines(self, name: str) -> Iterator[str]:
+        """The lines of a UTF-8 text file, streamed; FileNotFoundError where it is missing."""
+        if self.local:
+            with open(self.dir / name, encoding="utf-8") as f:
+                yield from f
+            return
+        if not self.is_file(name):
+            raise FileNotFoundError(self.url(name))
+        rest = b""
+        with self.fs.open_input_stream(self.path(name), compression=None) as f:
+            while block := f.read(4 * 2**20):
+                *lines, rest = (rest + block).split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8") + "\n"
+        if rest:
+            yield rest.decode("utf-8")
 
     def open_output(self, name: str) -> Any:
         """An object-store stream for one shard file (a multipart upload, completed on close)."""

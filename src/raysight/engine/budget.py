@@ -8,13 +8,13 @@ dataset does not depend on the number of actors.
 
 from __future__ import annotations
 
-from typing import Any
+from ..dataset.manifest import ShardEntry
 
 __all__ = ["TokenBudget"]
 
 
 class TokenBudget:
-    def __init__(self, max_tokens: int | None, shards: dict[str, Any]):
+    def __init__(self, max_tokens: int | None, shards: dict[int, ShardEntry]):
         self.max_tokens, self.shards = max_tokens, shards  # the manifest's live shard entries
         self.next = 0  # first shard of the prefix not yet counted
         self.tokens = 0
@@ -22,10 +22,10 @@ class TokenBudget:
 
     def _advance(self) -> None:
         while self.last is None:
-            entry = self.shards.get(str(self.next))
-            if not entry or entry.get("status") != "done":
+            entry = self.shards.get(self.next)
+            if entry is None or not entry.done:
                 return
-            self.tokens += entry["tokens"]
+            self.tokens += entry.tokens
             if self.tokens >= self.max_tokens:
                 self.last = self.next
             self.next += 1
@@ -37,9 +37,9 @@ class TokenBudget:
         self._advance()
         return self.last is None
 
-    def extra(self) -> list[str]:
+    def extra(self) -> list[int]:
         """Shards after the last one the budget needed (empty until it is reached)."""
         self.more()
         if self.last is None:
             return []
-        return sorted((k for k in self.shards if int(k) > self.last), key=int)
+        return sorted(k for k in self.shards if k > self.last)

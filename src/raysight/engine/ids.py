@@ -2,55 +2,40 @@
 
 A shard's reader already refuses an id that repeats one earlier in the same shard (a row
 error). Across shards, each finished shard leaves its ids as a sorted array of 64-bit keys in
-``_ids/part-NNNNN.npy`` (8 bytes a row: an int id is its own key, a string id the first 8 bytes
-of its BLAKE2b hash). After the run the driver merges them in passes over ranges of the key
-space, so it holds at most ``PASS_BYTES`` of keys at once; a key seen in two shards is then
-confirmed against the shards' example_id columns (a hash collision is not a duplicate).
+``_ids/part-NNNNN.npy`` (8 bytes a row, dataset/keys.py). After the run the driver merges them
+in passes over ranges of the key space, holding at most ``keys.PASS_BYTES`` of keys at once; a
+key seen in two shards is then confirmed against the shards' example_id columns (a hash
+collision is not a duplicate).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
+from ..dataset import keys
 from ..dataset.store import Store
 
-__all__ = [
-    "IDS_DIR",
-    "PASS_BYTES",
-    "duplicate_ids",
-    "id_keys",
-    "ids_file",
-    "write_keys",
-]
+__all__ = ["IDS_DIR", "duplicate_ids", "id_keys", "ids_file", "write_keys"]
 
 IDS_DIR = "_ids"
-PASS_BYTES = 64 * 2**20
-
-
-def _key(eid: Any) -> int:
-    if isinstance(eid, str):
-        return int.from_bytes(hashlib.blake2b(eid.encode(), digest_size=8).digest(), "little")
-    return eid & 0xFFFFFFFFFFFFFFFF  # an int64 id, as its unsigned bits
 
 
 def id_keys(ids: Iterable[Any]) -> np.ndarray:
     """The sorted uint64 keys of a shard's ids."""
-    return np.sort(np.fromiter((_key(i) for i in ids), dtype=np.uint64))
+    return keys.sorted_keys(ids)
 
 
 def ids_file(shard: int) -> str:
     return f"{IDS_DIR}/part-{shard:05d}.npy"
 
 
-def write_keys(out: Store, shard: int, keys: np.ndarray) -> None:
+def write_keys(out: Store, shard: int, shard_keys: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.save(buf, keys, allow_pickle=False)
+    np.save(buf, shard_keys, allow_pickle=False)
     out.write_bytes(ids_file(shard), buf.getvalue())
 
 
@@ -62,46 +47,14 @@ def _load(out: Store, shard: int) -> np.ndarray:
 
 
 def duplicate_ids(
-    out: Store, shards: list[int], read_ids: Any, limit: int = 5
+    out: Store, shards: list[int], read_ids: Callable[[int], list], limit: int = 5
 ) -> tuple[int, list[tuple[Any, list[int]]]]:
     """(how many ids appear in more than one shard, up to ``limit`` of them with their shards).
 
     ``read_ids(shard)`` gives a shard's example_id values, read only to confirm candidates.
     """
-    total = sum((out.size(ids_file(k)) or 0) // 8 for k in shards)  # .npy: 8 bytes a key
-    passes = max(1, -(-total * 12 // PASS_BYTES))  # 8 bytes of key + 4 of shard per row
-    edges = [2**64 * i // passes for i in range(passes + 1)]
-    candidates: dict[int, set[int]] = {}
-    for lo, hi in itertools.pairwise(edges):
-        keys, owners = [], []
-        for k in shards:  # loaded again each pass: only this pass's range is held
-            a = _load(out, k)
-            i, j = np.searchsorted(a, [np.uint64(lo), np.uint64(min(hi, 2**64 - 1))])
-            if hi == 2**64:
-                j = len(a)
-            keys.append(np.asarray(a[i:j]))
-            owners.append(np.full(j - i, k, dtype=np.int32))
-        if not keys:
-            continue
-        key, owner = np.concatenate(keys), np.concatenate(owners)
-        order = np.argsort(key, kind="stable")
-        key, owner = key[order], owner[order]
-        same = np.flatnonzero(key[1:] == key[:-1])
-        for s in same:
-            candidates.setdefault(int(key[s]), set()).update((int(owner[s]), int(owner[s + 1])))
+    sizes = {k: (out.size(ids_file(k)) or 0) // 8 for k in shards}  # .npy: 8 bytes a key
+    candidates = keys.repeated_keys(shards, lambda k: _load(out, k), sizes)
     if not candidates:
         return 0, []
-    return _confirmed(candidates, read_ids, limit)
-
-
-def _confirmed(
-    candidates: dict[int, set[int]], read_ids: Any, limit: int
-) -> tuple[int, list[tuple[Any, list[int]]]]:
-    """The candidate keys that are the same id in different shards (not a hash collision)."""
-    where: dict[Any, set[int]] = {}
-    for k in sorted({s for ks in candidates.values() for s in ks}):
-        for eid in set(read_ids(k)):
-            if _key(eid) in candidates:
-                where.setdefault(eid, set()).add(k)
-    dup = sorted(((eid, sorted(ks)) for eid, ks in where.items() if len(ks) > 1), key=str)
-    return len(dup), dup[:limit]
+    return keys.confirmed(candidates, read_ids, limit)

@@ -14,27 +14,26 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
 from .. import __version__
 from ..data.readers import DataError
 from ..dataset.manifest import (
-    ERRORS_FILE,
-    FORMAT,
     MANIFEST_FILE,
-    RECORDS_DIR,
     SPEC_FILE,
+    Manifest,
     ManifestError,
-    adopt_records,
-    append_errors,
-    expected_shards,
-    header_sha256,
-    read_manifest,
-    record_name,
+    ShardEntry,
     schema_ipc,
     write_json,
+)
+from ..dataset.records import (
+    ERRORS_FILE,
+    RECORDS_DIR,
+    adopt_records,
+    record_name,
+    write_error_report,
     write_record,
 )
 from ..dataset.store import Store
@@ -104,17 +103,14 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _prepare_output(out: Store, digest: str, overwrite: bool) -> dict[str, Any] | None:
+def _prepare_output(out: Store, digest: str, overwrite: bool) -> Manifest | None:
     """The existing manifest to resume from, or None for a fresh start."""
     try:
-        manifest = read_manifest(out)
+        manifest = Manifest.read(out)
     except ManifestError as e:
-        raise OutputError(f"output.path: {e}; nothing was deleted") from None
-    if manifest is not None and manifest.get("format") != FORMAT:
         raise OutputError(
-            f"output.path {out.uri!r} holds a _manifest.json that raysight did not write "
-            f"(format {manifest.get('format')!r}); choose another path (nothing was deleted)"
-        )
+            f"output.path {out.uri!r}: {e}; choose another path (nothing was deleted)"
+        ) from None
     if manifest is not None and out.local:  # a killed run may have left unfinished shard files
         for stale in out.dir.glob(".part-*.tmp"):
             if OWN_FILE.match(stale.name):
@@ -126,12 +122,12 @@ def _prepare_output(out: Store, digest: str, overwrite: bool) -> dict[str, Any] 
                 "raysight dataset; choose another path (nothing was deleted)"
             )
         return None
-    if manifest.get("spec_hash") == digest:
+    if manifest.spec_hash == digest:
         return manifest
     if not overwrite:
         raise OutputError(
             f"output.path {out.uri!r} holds a dataset of a different spec (hash "
-            f"{manifest.get('spec_hash')} vs {digest}); use another path or --overwrite"
+            f"{manifest.spec_hash} vs {digest}); use another path or --overwrite"
         )
     # Only what raysight writes is deleted: its shard files and records by their exact names,
     # never a directory or another tool's part-* file.
@@ -145,22 +141,39 @@ def _prepare_output(out: Store, digest: str, overwrite: bool) -> dict[str, Any] 
     return None
 
 
-def _saver(out: Store, manifest: dict[str, Any]) -> Callable[..., None]:
-    """save(): write the manifest (or run ``write`` first); a full or read-only disk becomes an
-    OutputError, the files already committed stay."""
+class _Saver:
+    """Writes the manifest, at most about once per ``EVERY`` seconds (and never spending more
+    than a tenth of the run on it) unless forced: every finished shard has its completion
+    record already, which a resume adopts, so a manifest that lags loses nothing, and a run of
+    100,000 shards does not rewrite a growing file 100,000 times. A full or read-only disk
+    becomes an OutputError; the files already committed stay."""
 
-    def save(write: Callable[[], None] | None = None) -> None:
+    EVERY = 2.0
+
+    def __init__(self, out: Store, manifest: Manifest):
+        self.out, self.manifest = out, manifest
+        self.last, self.cost = float("-inf"), 0.0
+
+    def __call__(self, write: Callable[[], None] | None = None, force: bool = True) -> None:
         try:
             if write is not None:
                 write()
-            write_json(out, MANIFEST_FILE, manifest)
+            now = time.perf_counter()
+            if force or self.due(now):
+                self.manifest.save(self.out)
+                self.last, self.cost = time.perf_counter(), time.perf_counter() - now
         except OSError as e:
             raise OutputError(
-                f"output.path {out.uri!r}: cannot write the manifest ({e}); the shards it "
-                "already lists are kept, rerun the same command to resume"
+                f"output.path {self.out.uri!r}: cannot write the manifest ({e}); the shards "
+                "it already lists are kept, rerun the same command to resume"
             ) from None
 
-    return save
+    def due(self, now: float) -> bool:
+        return now - self.last >= max(self.EVERY, 10 * self.cost)
+
+    def report(self) -> None:
+        """The manifest and the error report as the run ends."""
+        self(lambda: write_error_report(self.out, self.manifest))
 
 
 def _jobs(total: int, size: int) -> list[ShardJob]:
@@ -225,81 +238,83 @@ def _run_locked(
         model_dir = resolve_bundled(model_dir)
     prints = fingerprint(spec, model_dir, plan.source)
     if previous is not None:
-        changed = changes(previous.get("fingerprint"), prints)
-        if previous.get("header_sha256") != header_sha256(previous):
+        changed = changes(previous.fingerprint, prints)
+        if not previous.header_intact:
             changed.insert(0, "its manifest's header was edited (raysight verify says more)")
         if changed:
             raise OutputError(
                 f"output.path {out.uri!r} holds a partial run that this one cannot resume: "
                 f"{'; '.join(changed)}. Restore what changed, or start over with --overwrite"
             )
-        if isinstance(previous.get("shards"), dict):  # shards recorded, not yet listed
+        try:  # shards recorded, not yet listed
             adopt_records(out, previous)
-    manifest = previous or {
-        "format": FORMAT,
-        "spec_hash": digest,
-        "spec": spec_data,
-        "versions": _versions(),
-        "model": {"kind": plan.model_kind, "architecture": plan.architecture},
-        "layout": spec.output.layout,
-        "format_files": spec.output.format,
-        "columns": [asdict(c) for c in plan.columns],
-        "schema": plan.schema.to_string(show_schema_metadata=False),
-        "schema_ipc": schema_ipc(plan.schema),
-        "input_rows": total,
-        "fingerprint": prints,
-        "shards": {},
-    }
-    manifest.setdefault("header_sha256", header_sha256(manifest))  # fixed by the first run
-    save = _saver(out, manifest)
+        except ManifestError as e:
+            raise OutputError(f"output.path {out.uri!r}: {e}; nothing was deleted") from None
+    manifest = previous or Manifest(
+        spec_hash=digest,
+        spec=spec_data,
+        versions=_versions(),
+        model={"kind": plan.model_kind, "architecture": plan.architecture},
+        layout=spec.output.layout,
+        format_files=spec.output.format,
+        columns=[asdict(c) for c in plan.columns],
+        schema=plan.schema.to_string(show_schema_metadata=False),
+        schema_ipc=schema_ipc(plan.schema),
+        input_rows=total,
+        fingerprint=prints,
+    )
+    manifest.seal()  # the header checksum is fixed by the first run
+    save = _Saver(out, manifest)
     save()
 
-    budget = TokenBudget(spec.data.max_tokens, manifest["shards"])
+    budget = TokenBudget(spec.data.max_tokens, manifest.shards)
     todo = []
     for job in _jobs(total, spec.execution.shard_rows):
-        if expected_shards(manifest) <= job.shard:  # data.max_tokens was reached before it
+        if manifest.expected_shards <= job.shard:  # data.max_tokens was reached before it
             break
-        entry = manifest["shards"].get(str(job.shard))
-        if entry and entry.get("status") == "done" and out.is_file(entry["file"]):
+        entry = manifest.shards.get(job.shard)
+        if entry and entry.done and out.is_file(entry.file):
             continue
         todo.append(job)
-    n_shards = max(1, -(-total // spec.execution.shard_rows))
-    log(f"raysight: {total} input rows, {n_shards} shard(s), {len(todo)} to run -> {out.uri}")
+    log(
+        f"raysight: {total} input rows, {manifest.n_shards} shard(s), {len(todo)} to run "
+        f"-> {out.uri}"
+    )
     progress = Progress(sum(j.rows for j in todo), len(todo), log, tty=tty)
 
     def done(res: ShardResult) -> None:
         errors = res.errors
         if res.id_keys is not None:  # before the manifest lists the shard done
             write_keys(out, res.shard, res.id_keys)
-        entry = manifest["shards"][str(res.shard)] = {
-            "status": "done",
-            "file": res.file,
-            "bytes": res.bytes,
-            "sha256": res.sha256,
-            "rows": res.rows,
-            "examples": res.examples,
-            "tokens": res.tokens,
-            "padded_tokens": res.padded_tokens,
-            "truncated": res.truncated,
-            "errors": len(errors),
-            "seconds": round(res.seconds, 3),
-            "stages": {k: round(v, 4) for k, v in res.stages.items()},
-            "self_check": res.self_check,
-        }
-        # the errors and the completion record first: a shard listed done has both
+        entry = ShardEntry(
+            "done",
+            file=res.file,
+            bytes=res.bytes,
+            sha256=res.sha256,
+            rows=res.rows,
+            examples=res.examples,
+            tokens=res.tokens,
+            padded_tokens=res.padded_tokens,
+            truncated=res.truncated,
+            errors=len(errors),
+            seconds=round(res.seconds, 3),
+            stages={k: round(v, 4) for k, v in res.stages.items()},
+            self_check=res.self_check,
+        )
 
-        def write() -> None:
-            append_errors(out, res.shard, errors)
+        def write() -> None:  # the completion record first: a shard listed done has one
             write_record(out, res.shard, entry, errors)
+            manifest.shards[res.shard] = entry
 
-        save(write)
+        save(write, force=False)
         progress.shard_done(res.shard, res.examples, res.tokens, len(errors))
 
     def failed(shard: int, reason: str, attempts: int) -> None:
-        manifest["shards"][str(shard)] = {"status": "failed", "error": reason, "attempts": attempts}
-        save()
+        manifest.shards[shard] = ShardEntry.failed(reason, attempts)
+        save(force=False)
         progress.shard_failed(shard, reason)
 
+    failure: BaseException | None = None
     try:
         with interruptible():
             if todo:
@@ -307,65 +322,70 @@ def _run_locked(
                 runner_for(shards, address).run(todo)
             if not budget.more():  # data.max_tokens reached
                 _cut(out, manifest, budget)
-                save()
             _check_ids(spec, out, manifest)
     except Interrupted as e:
-        kept = sum(s["status"] == "done" for s in manifest["shards"].values())
+        failure = e
         log(
-            f"raysight: {e}; {kept} finished shard(s) kept in {out.uri}, no partial files left; "
-            "rerun the same command to resume"
+            f"raysight: {e}; {len(manifest.done())} finished shard(s) kept in {out.uri}, no "
+            "partial files left; rerun the same command to resume"
         )
+        raise
+    except BaseException as e:
+        failure = e
         raise
     finally:
         progress.close()
-    finished = [s for s in manifest["shards"].values() if s["status"] == "done"]
+        try:
+            save.report()
+        except OutputError as e:
+            if failure is None:
+                raise
+            log(f"raysight: {e}")  # the run's own error is the one to raise
+    totals = manifest.totals()
     summary = RunSummary(
         out.uri,
-        expected_shards(manifest),
+        manifest.expected_shards,
         len(todo),
-        sum(s["examples"] for s in finished),
-        sum(s["rows"] for s in finished),
-        sum(s["tokens"] for s in finished),
-        sum(s["errors"] for s in finished),
+        totals["examples"],
+        totals["rows"],
+        totals["tokens"],
+        totals["errors"],
         time.perf_counter() - t0,
     )
-    bad_shards = {k: s for k, s in manifest["shards"].items() if s["status"] == "failed"}
+    bad_shards = manifest.failed()
     if bad_shards:
-        detail = "; ".join(
-            f"shard {k}: {s['error']}"
-            for k, s in sorted(bad_shards.items(), key=lambda x: int(x[0]))
-        )
+        detail = "; ".join(f"shard {k}: {s.error}" for k, s in bad_shards.items())
         raise RunFailed(
             f"{len(bad_shards)} shard(s) failed after {spec.execution.max_retries + 1} "
-            f"attempt(s) each ({detail}). The {len(finished)} finished shard(s) are kept; "
-            "rerun the same command to retry only the failed ones."
+            f"attempt(s) each ({detail}). The {len(manifest.done())} finished shard(s) are "
+            "kept; rerun the same command to retry only the failed ones."
         )
     log(f"raysight: done. {summary}")
     return summary
 
 
-def _cut(out: Store, manifest: dict[str, Any], budget: TokenBudget) -> None:
+def _cut(out: Store, manifest: Manifest, budget: TokenBudget) -> None:
     """data.max_tokens was reached at shard ``budget.last``: drop the later shards that finished
-    meanwhile (their files, records, ids and row errors), and record where the run stopped."""
+    meanwhile (their files, records and ids, so their row errors too), and record where the
+    run stopped."""
+    manifest.budget = {"max_tokens": budget.max_tokens, "last_shard": budget.last}
     for k in budget.extra():
-        entry = manifest["shards"].pop(k)
-        for name in (entry.get("file"), record_name(int(k)), ids_file(int(k))):
+        entry = manifest.shards.pop(k)
+        for name in (entry.file, record_name(k), ids_file(k)):
             if name:
                 out.delete(name)
-        append_errors(out, int(k), [])
-    manifest["budget"] = {"max_tokens": budget.max_tokens, "last_shard": budget.last}
 
 
-def _check_ids(spec: Spec, out: Store, manifest: dict[str, Any]) -> None:
+def _check_ids(spec: Spec, out: Store, manifest: Manifest) -> None:
     """Refuse a dataset in which two shards wrote the same id (see engine/ids.py)."""
-    shards = manifest["shards"]
-    if spec.data.id_field is None or any(s["status"] != "done" for s in shards.values()):
+    shards = manifest.shards
+    if spec.data.id_field is None or manifest.failed() or not shards:
         return
 
     def read_ids(k: int) -> list:
-        return [key[0] for key in shard_keys(out, shards[str(k)]["file"], per_token=False)[1]]
+        return [key[0] for key in shard_keys(out, shards[k].file, per_token=False)[1]]
 
-    n, some = duplicate_ids(out, sorted(int(k) for k in shards), read_ids)
+    n, some = duplicate_ids(out, sorted(shards), read_ids)
     if n:
         where = "; ".join(f"{eid!r} in shards {', '.join(map(str, ks))}" for eid, ks in some)
         raise DataError(
