@@ -178,3 +178,20 @@ def test_pack_buckets_lengths_within_the_padding_budget():
     # Bucketing off: budget-filling batches, as many rows as fit.
     wide = pack(lengths, 4096, 256, 1.0)
     assert len(wide) < len(pack(lengths, 4096, 256, 0.05))
+
+
+def test_generation_batches_fill_rows_and_count_the_new_tokens():
+    """A generate loop's steps cost the same whatever the padding: batches are full (as an HF
+    loop's are) at any max_padding, and each row holds its prompt + new tokens of the budget."""
+    rng = random.Random(5)
+    lengths = [rng.randint(6, 70) for _ in range(24)]
+    for budget in (0.0, 0.05, 1.0):
+        batches = pack(lengths, 16384, 8, budget, new_tokens=16)
+        assert [len(b) for b in batches] == [8, 8, 8]
+        assert sorted(i for b in batches for i in b) == list(range(24))
+        widths = [max(lengths[i] for i in b) for b in batches]
+        assert widths == sorted(widths, reverse=True)  # longest first: the least padding
+    # the KV cache at the last step counts: 70 + 16 tokens a row, so 4 rows in 400 tokens
+    for b in pack(lengths, 400, 8, 0.05, new_tokens=16):
+        assert len(b) == 1 or len(b) * (max(lengths[i] for i in b) + 16) <= 400
+    assert len(pack([70] * 8, 400, 8, 1.0, new_tokens=16)) == 2

@@ -277,9 +277,36 @@ def test_a_pyarrow_dataset_is_a_source(tiny_dirs, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_ray_dataset_is_refused_with_what_to_do(ray_local, tiny_dirs, tmp_path):
+def test_a_ray_dataset_that_reads_files_is_a_source(ray_local, tiny_dirs, tmp_path):
+    """read_parquet (Ray's datasource v2), read_json and read_text (v1) become their files; a
+    dataset whose rows are not its files' is refused, naming its last step."""
     import ray.data
 
+    d = tmp_path / "pq"
+    d.mkdir()
+    pq.write_table(_table(TEXTS[:12]), d / "a.parquet")
+    pq.write_table(_table(TEXTS[12:], 12), d / "b.parquet")
+    (tmp_path / "in.jsonl").write_text(_jsonl(TEXTS))
+    (tmp_path / "in.txt").write_text("".join(t + "\n" for t in TEXTS))
+    cases = {
+        "parquet": (ray.data.read_parquet(str(d)), "id", [str(d)]),
+        "jsonl": (ray.data.read_json(str(tmp_path / "in.jsonl")), "id", None),
+        "txt": (ray.data.read_text(str(tmp_path / "in.txt")), None, None),
+    }
+    for fmt, (source, id_field, files) in cases.items():
+        out = tmp_path / f"o-{fmt}"
+        spec = make_spec(tiny_dirs["gpt2"], out, OPS, output={"include_text": True})
+        spec["data"] = {"prompts": ["replaced by the dataset's files"], "id_field": id_field}
+        raysight.run(spec, log=lambda _: None, source=source)
+        t = raysight.open(out).table(["text"])
+        assert sorted(t.column("text").to_pylist()) == sorted(TEXTS), fmt
+        resolved = json.loads((out / "_spec.json").read_text())["spec"]["data"]
+        assert resolved["format"] == fmt and (files is None or resolved["source"] == files)
     spec = make_spec(tiny_dirs["gpt2"], tmp_path / "o", OPS)
-    with pytest.raises(DataError, match=r"give those paths .* as data\.source"):
-        raysight.run(spec, log=lambda _: None, source=ray.data.from_items([{"text": "x"}]))
+    for ds, step in [
+        (ray.data.from_items([{"text": "x"}]), "FromItems"),
+        (ray.data.read_parquet(str(d)).map(lambda r: r), "MapRows"),
+        (ray.data.read_parquet(str(d)).limit(3), "Limit"),
+    ]:
+        with pytest.raises(DataError, match=rf"not a plain read of files .*{step}.*write it out"):
+            raysight.run(spec, log=lambda _: None, source=ds)

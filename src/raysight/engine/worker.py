@@ -250,6 +250,7 @@ class ShardRunner:
                 ex.max_batch_rows,
                 ex.max_padding,
                 rows_per_item=k,
+                new_tokens=self.spec.generate.max_new_tokens if self.spec.generate else 0,
             ):
                 for batch, values in self._run_group([units[i] for i in group], by_id, errors):
                     t = time.perf_counter()

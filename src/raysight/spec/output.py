@@ -41,12 +41,15 @@ class ExecutionSpec(_Strict):
     cpus_per_actor: int = Field(1, ge=1)
     """CPU cores reserved for each actor; torch uses this many threads."""
     batch_tokens: int = Field(16384, ge=1)
-    """Token budget per batch (rows × padded length)."""
+    """Token budget per batch (rows × padded length; under `generate:` each row also counts its
+    max_new_tokens, the KV cache at the last step)."""
     max_batch_rows: int = Field(256, ge=1)
     """Upper bound on rows per batch."""
     max_padding: float = Field(0.05, ge=0, le=1)
     """Most padding a batch may have, as a fraction of its padded tokens: rows are sorted by
-    length and a batch is closed early rather than exceed it (1 turns bucketing off)."""
+    length and a batch is closed early rather than exceed it (1 turns bucketing off). Not
+    under `generate:`, whose batches are filled to max_batch_rows and batch_tokens (each row
+    counts its prompt and max_new_tokens): splitting a generate loop repeats every step."""
     shard_rows: int = Field(4096, ge=1)
     """Rows per shard: the unit of output file, resume and retry."""
     self_check: int = Field(2, ge=0, le=1000)
