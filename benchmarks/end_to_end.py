@@ -20,7 +20,6 @@ are wall clock for the whole call, and also reported by the sum of their shards'
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -120,14 +119,15 @@ def nnsight_script(path: str, prompts: list[str], layer: int, out: Path, args):
 
 def raysight_run(prompts: list[str], layer: int, out: Path, runner: str, args):
     import raysight
+    from raysight.dataset.manifest import Manifest
     from raysight.dataset.verify import stage_seconds
 
     t0 = time.perf_counter()
     summary = raysight.run(spec_for(prompts, layer, out, runner, args), log=lambda m: None)
     secs = time.perf_counter() - t0
-    shards = json.loads((out / "_manifest.json").read_text())["shards"].values()
-    stages = stage_seconds(shards)
-    padded = sum(sh["padded_tokens"] for sh in shards)
+    manifest = Manifest.read(out)
+    stages = stage_seconds(manifest.done().values())
+    padded = manifest.totals()["padded_tokens"]
     return secs, summary.tokens, padded, stages
 
 

@@ -89,17 +89,22 @@ class RunSummary:
 
 
 def _versions() -> dict[str, str]:
-    import ray
+    import importlib.metadata
+
     import torch
     import transformers
 
+    try:  # an in-process run needs no Ray (a GPU machine's image may lack it)
+        ray = importlib.metadata.version("ray")
+    except importlib.metadata.PackageNotFoundError:
+        ray = "not installed"
     return {
         "raysight": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "pyarrow": pa.__version__,
-        "ray": ray.__version__,
+        "ray": ray,
     }
 
 
