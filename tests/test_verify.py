@@ -78,6 +78,7 @@ def test_verify_finds_missing_orphan_duplicated_and_unfinished_files(tmp_path, c
     text = capsys.readouterr().out
     assert "3 done" in text and "8 rows from 8 of 8 input rows" in text and "lin.output" in text
     assert "time      read" in text and "tokenize" in text and "forward" in text
+    assert "-bound: " in text and "of their forward's own speed" in text  # the limit, named
     # 2 units rerun alone in each of the shards of 3, 3 and 2 rows
     assert "self-check 6 sample(s) in 3 shard(s) rerun alone and unpadded (6 output rows" in text
     for shard in json.loads((out / "_manifest.json").read_text())["shards"].values():

@@ -15,7 +15,6 @@ import itertools
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from ..spec.load import spec_data_hash
 from ..spec.sweep import axis_values
 from ..writers.shard import part_name
 from .keys import confirmed, repeated_keys, sorted_keys
+from .limits import limit_lines, stage_seconds
 from .manifest import Manifest, ManifestError, ShardEntry, same_schema
 from .records import ERRORS_FILE, adopt_records, read_errors, shard_errors
 from .store import Store
@@ -282,15 +282,6 @@ def _n_variants(spec: dict[str, Any]) -> int:
     return n
 
 
-def stage_seconds(shards: Iterable[ShardEntry]) -> dict[str, float]:
-    """Seconds per stage (tokenize, forward, ...), summed over finished shards' manifest entries."""
-    total: dict[str, float] = {}
-    for shard in shards:
-        for stage, secs in shard.stages.items():
-            total[stage] = total.get(stage, 0.0) + secs
-    return total
-
-
 def inspect(directory: str | Path) -> str:
     """A human summary of a dataset: spec, model, columns, shards, rows, size, errors."""
     out = Store(directory)
@@ -332,6 +323,7 @@ def inspect(directory: str | Path) -> str:
         lines.append(
             "time      " + ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in stages.items())
         )
+        lines += limit_lines(done)
     lines.append("columns")
     for c in m.columns:
         shape = ["tokens" if d is None else d for d in c["shape"]]
