@@ -25,23 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-WORDS = (
-    "interpretability researchers extract activations from every token of a large dataset and "
-    "write them to disk so that sparse autoencoders probes and attribution graphs can be "
-    "trained later on the residual stream of a language model"
-).split()
-MODEL = "bundled:smollm2-135m-instruct"
-
-
-def make_prompts(n: int, lo: int, hi: int) -> list[str]:
-    rng = random.Random(0)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+from end_to_end import MODEL, make_prompts  # the same mixed-length prompts as benchmark 4
 
 
 def hf_loop(prompts: list[str], args) -> dict:
