@@ -36,6 +36,7 @@ __all__ = [
     "parse_spec",
     "plan",
     "run",
+    "session",
     "topk",
     "zeros",
 ]
@@ -68,6 +69,14 @@ def run(
         data["data"].pop("prompts", None)
         spec = parse_spec(data, allow_code=spec.allow_code)  # validated again, as any spec
     return _run(spec, overwrite=overwrite, **kwargs)
+
+
+def session():
+    """A warm session: ``with raysight.session() as s: s.run(spec)`` keeps the loaded model
+    between runs in this process (see :mod:`raysight.engine.session`)."""
+    from .engine.session import session as _session
+
+    return _session()
 
 
 def plan(spec: Any, *, sample_rows: int = 10_000, allow_code: bool = False):

@@ -5,6 +5,9 @@ sequence lengths (a dimension that changes is the token dimension), and build th
 
 from __future__ import annotations
 
+import copy
+import json
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -247,7 +250,7 @@ def make_plan(
     if meta.kind != "tensor" and spec.data.input_field:
         raise PlanError(["data.input_field is for model.factory models; this model takes text"])
     try:
-        tree = trace_tree(meta, sample)
+        tree = _tree(meta, sample)
     except Exception as e:
         raise PlanError([f"model: a forward pass on the meta device failed ({e})"]) from None
     hooks = resolve(spec, meta, tree)
@@ -260,11 +263,46 @@ def make_plan(
                 f"{max_length} (data.max_length or data.chunk.size, or the model's positions)"
             ]
         )
-    cols = _infer_columns(spec, meta, hooks, sample, max_length)
+    cols = _columns(spec, meta, hooks, sample, max_length)
     fields = identity_fields(spec, meta.kind, id_type or pa.int64())
     schema = pa.schema([*fields, *(arrow_field(c) for c in cols)])
     arch = meta.names.architecture
     return RunPlan(spec, hooks, tree, cols, schema, meta.kind, arch, max_length, source)
+
+
+# A text model's tree depends on the model alone: a session (engine/session.py), which keeps
+# the meta model between runs, traces it once. A tensor model's depends on its sample input.
+_TREES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tree(meta: LoadedModel, sample: Any) -> Any:
+    if sample is not None:
+        return trace_tree(meta, sample)
+    if meta.module not in _TREES:
+        _TREES[meta.module] = trace_tree(meta, sample)
+    return _TREES[meta.module]
+
+
+_COLUMNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _columns(
+    spec: Spec, meta: LoadedModel, hooks: HookPlan, sample: Any, max_length: int
+) -> list[ColumnInfo]:
+    """The columns, kept per meta model (so by a session) for a spec that differs only in its
+    rows or output path: the shapes come from synthetic rows, never from the input's. A spec
+    whose ops read files is planned again each time (a file may have changed shape)."""
+    data = spec.model_dump(mode="json", by_alias=True)
+    data["output"].pop("path", None)
+    for key in ("prompts", "source", "limit"):
+        data["data"].pop(key, None)
+    key = json.dumps([data, max_length], sort_keys=True, default=str)
+    if sample is not None or '"file":' in key:
+        return _infer_columns(spec, meta, hooks, sample, max_length)
+    kept = _COLUMNS.setdefault(meta.module, {})
+    if key not in kept:
+        kept[key] = _infer_columns(spec, meta, hooks, sample, max_length)
+    return copy.deepcopy(kept[key])
 
 
 def _max_length(spec: Spec, meta: LoadedModel) -> int:

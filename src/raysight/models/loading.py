@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,14 @@ from ..spec.models import ModelSpec
 from .bundled import resolve_bundled
 from .names import NameTable
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "meta_safe", "pick_device"]
+__all__ = [
+    "LoadedModel",
+    "ModelLoadError",
+    "kept_models",
+    "load_model",
+    "meta_safe",
+    "pick_device",
+]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -67,8 +75,37 @@ def pick_device(requested: str) -> torch.device:
     return dev
 
 
+# models kept between runs by a session (engine/session.py): (model spec, meta, device) -> model
+_KEPT: ContextVar[dict | None] = ContextVar("raysight_kept_models", default=None)
+
+
+@contextmanager
+def kept_models(store: dict) -> Iterator[dict]:
+    """Inside, ``load_model`` returns the model it loaded before for the same model spec and
+    device, from ``store``; a different model replaces what is kept (one model and its meta
+    twin at a time: a session does not pile up replicas)."""
+    token = _KEPT.set(store)
+    try:
+        yield store
+    finally:
+        _KEPT.reset(token)
+
+
 def load_model(spec: ModelSpec, *, meta: bool = False, device: str | None = None) -> LoadedModel:
     """Load (or, with ``meta``, only build) the model; eval mode, no parameter gradients."""
+    kept = _KEPT.get()
+    if kept is None:
+        return _load(spec, meta, device)
+    model = spec.model_dump_json()
+    key = (model, meta, device or spec.device)
+    if key not in kept:
+        for other in [k for k in kept if k[0] != model]:  # another model: free the old one
+            del kept[other]
+        kept[key] = _load(spec, meta, device)
+    return kept[key]
+
+
+def _load(spec: ModelSpec, meta: bool, device: str | None) -> LoadedModel:
     dev = torch.device("meta") if meta else pick_device(device or spec.device)
     if spec.factory:
         module, tok, kind, mtype = _from_factory(spec, dev), None, "tensor", None
