@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 
@@ -58,3 +59,18 @@ def test_builder_spec_runs_and_equals_the_yaml_run(tiny_dirs, tmp_path):
     a, c = by_id(raysight.open(tmp_path / "b"), "h2"), by_id(raysight.open(tmp_path / "y"), "h2")
     for i in a:
         assert torch.equal(a[i], c[i])
+
+
+def test_version_and_help_name_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith(
+        f"raysight {raysight.__version__}"
+    )
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("run", "validate", "plan", "submit", "verify", "inspect", "schema"):
+        assert f"    {command} " in text, command
+    first = text.split("\n\n")[1]  # the description names them all too
+    assert all(c in first for c in ("run", "submit", "verify", "inspect", "schema")), first

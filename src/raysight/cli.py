@@ -1,4 +1,4 @@
-"""The ``raysight`` command: run, validate, plan, schema.
+"""The ``raysight`` command: run, validate, plan, submit, verify, inspect, schema.
 
 Precedence: defaults < spec file < ``--set a.b=value``. Expected failures (a bad spec, a bad
 output path, a model that cannot load) print a clear message and exit 2, without a traceback.
@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from . import __version__
 from .errors import RaysightError
 from .spec.load import load_spec
 from .spec.models import Spec
@@ -38,6 +39,11 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="raysight", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--version",
+        action="version",
+        version=f"raysight {__version__} (Python {sys.version.split()[0]})",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a spec and write its dataset")
     _add_spec_args(p)
