@@ -32,6 +32,8 @@ class Store:
     """A dataset's root: ``name`` arguments are paths relative to it ('part-00000.parquet',
     '_shards/part-00000.json')."""
 
+    READ_BLOCK = 4 * 2**20  # bytes read_lines asks an object store for at a time
+
     def __init__(self, where: str | Path):
         self.uri = str(where)
         self.local = not is_uri(where)
@@ -172,7 +174,7 @@ class Store:
             raise FileNotFoundError(self.url(name))
         rest = b""
         with self.fs.open_input_stream(self.path(name), compression=None) as f:
-            while block := f.read(4 * 2**20):
+            while block := f.read(self.READ_BLOCK):
                 *lines, rest = (rest + block).split(b"\n")
                 for line in lines:
                     yield line.decode("utf-8") + "\n"
