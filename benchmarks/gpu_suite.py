@@ -10,7 +10,8 @@ weights' values, and the weights would not travel to a lent machine), --dtype, b
 - raysight: ``raysight.run`` in-process (``runner: local``) saving one layer (``layers.15``) or
   every layer (``cache: layers.*``) per token, to Parquet. Timed by the shard's own seconds from
   its manifest (reading, tokenizing, forward, device-to-host copy, writing: what raysight adds
-  to a forward) and, separately, the whole call (model load and planning).
+  to a forward) and, separately, the whole call (model load and planning). bare and nnsight
+  tokenize before their timed loop, so raysight alone is charged for tokenizing.
 - nnsight: what a user writes today: ``model.trace`` per batch saving the same layers under
   ``torch.no_grad``, the values moved to the host and written with ``pyarrow.parquet`` per
   batch (bf16 as its raw 16 bits).
