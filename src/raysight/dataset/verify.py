@@ -146,11 +146,14 @@ class _Rows:
         self.files: dict[int, str] = {}  # group -> file whose row keys were spilled
         self.sizes: dict[int, int] = {}
 
-    def _spill(self, name: str, keys: list) -> None:
+    def _spill(self, name: str, units: set) -> None:
         g = len(self.files)
-        units = sorted_keys({(key[0], key[1]) for key in keys})
-        np.save(self.spill / f"{g}.npy", units, allow_pickle=False)
-        self.files[g], self.sizes[g] = name, len(units)
+        keys = sorted_keys(units)
+        np.save(self.spill / f"{g}.npy", keys, allow_pickle=False)
+        self.files[g], self.sizes[g] = name, len(keys)
+
+    def _units(self, name: str) -> set:
+        return _units(shard_keys(self.out, name, self.per_token)[1])
 
     def shard(self, k: int) -> list[str]:
         entry = self.m.shards.get(k)
@@ -172,10 +175,11 @@ class _Rows:
         dup = [key for key, c in Counter(keys).items() if c > 1]
         if dup:
             found.append(f"shard {k}: {len(dup)} duplicated row(s), e.g. {dup[0]!r}")
-        self._spill(entry.file, keys)
-        return found + self._accounted(k, entry, keys)
+        units = _units(keys)
+        self._spill(entry.file, units)
+        return found + self._accounted(k, entry, units)
 
-    def _accounted(self, k: int, entry: ShardEntry, keys: list) -> list[str]:
+    def _accounted(self, k: int, entry: ShardEntry, units: set) -> list[str]:
         """The shard's input rows, once per sweep variant: each written, or in its error
         report (for one variant, or for all of them). An error of one data.chunk window (its
         document has other windows) accounts for no row."""
@@ -194,7 +198,6 @@ class _Rows:
             one = {(e["example_id"], e["variant"]) for e in errors if "variant" in e}
         except (KeyError, TypeError) as e:
             return [f"shard {k}: its completion record's row errors are not readable ({e!r})"]
-        units = {(key[0], key[1]) for key in keys}
         found = []
         both = {u for u in units if u[0] in whole or u in one}
         if both:
@@ -210,7 +213,7 @@ class _Rows:
 
     def orphan(self, name: str) -> None:
         with contextlib.suppress(*_UNREADABLE):  # an unreadable one is reported already
-            self._spill(name, shard_keys(self.out, name, self.per_token)[1])
+            self._spill(name, self._units(name))
 
     def across(self) -> list[str]:
         """Rows (example id and variant) that more than one file wrote."""
@@ -223,16 +226,18 @@ class _Rows:
         if not candidates:
             return []
 
-        def units(g: int) -> set:
-            keys = shard_keys(self.out, self.files[g], self.per_token)[1]
-            return {(key[0], key[1]) for key in keys}
-
-        n, some = confirmed(candidates, units, limit=1)
+        n, some = confirmed(candidates, lambda g: self._units(self.files[g]), limit=1)
         if not n:
             return []
         unit, groups = some[0]
         names = ", ".join(self.files[g] for g in groups)
         return [f"{n} duplicated row(s) in more than one file, e.g. {unit!r} in {names}"]
+
+
+def _units(keys: list) -> set:
+    """The (example_id, variant) units of a file's row keys: what one input row gives per sweep
+    variant, whatever its pair rows, windows and positions."""
+    return {(key[0], key[1]) for key in keys}
 
 
 def _report_problems(out: Store, m: Manifest) -> list[str]:
