@@ -23,7 +23,7 @@ setup: $(BIN)/.installed
 
 quickstart: setup
 	$(BIN)/raysight run specs/quickstart.yaml
-	$(BIN)/python -c "import raysight; print(raysight.open('out/quickstart').polars().select('example_id', 'n_tokens', 'lens_ids'))"
+	$(BIN)/python -c "import raysight; print(raysight.open('out/quickstart').polars().select('example_id', 'n_tokens', 'lens_tokens'))"
 
 # Everything CI runs: lint, the fast suite, and the slow tests (real SmolLM2, Ray).
 test: setup

@@ -64,7 +64,7 @@ def test_torch_batches_and_to_torch_agree_with_the_files(dataset):
     last = ds.to_torch("last")
     assert last.shape == (30, 1, 32)
     ref = torch.tensor(
-        whole["last"].combine_chunks().storage.flatten().to_numpy().reshape(30, 1, 32)
+        whole["last"].combine_chunks().flatten().flatten().to_numpy().reshape(30, 1, 32)
     )
     assert torch.equal(last, ref)
     assert torch.equal(ds.to_torch("last", rows=range(5, 12)), ref[5:12])
@@ -91,7 +91,8 @@ def test_an_unknown_column_names_the_columns_there_are(dataset):
     ):
         with pytest.raises(
             UnknownColumn,
-            match=r"no column 'lsat'; the columns are example_id, n_tokens, input_ids, last, h",
+            match=r"no column 'lsat'; the columns are example_id, n_tokens, input_ids, "
+            r"input_tokens, last, h",
         ):
             call()
 

@@ -294,7 +294,7 @@ def test_output_opens_in_ray_data_and_hf_datasets(ray_local, tiny_dirs, tmp_path
     hf = ds.hf().with_format("torch")
     assert len(hf) == len(PROMPTS)
     first = hf[0]
-    assert first["h"].shape == (32,) and first["full"].shape[1] == 32
+    assert first["h"].shape == (1, 32) and first["full"].shape[1] == 32
     ids = ds.table(["example_id"]).column(0).to_pylist()
     torch.testing.assert_close(first["full"], ds.to_torch("full")[0])
     assert int(first["example_id"]) == ids[0]

@@ -49,6 +49,8 @@ def test_logit_lens_says_paris_at_the_last_layer(smol, tmp_path):
     top = ds.to_torch("lens.29_ids")[row, 0]
     assert tok.decode(int(top[0])) == " Paris"
     assert tok.decode(int(ds.to_torch("lens.0_ids")[row, 0, 0])) != " Paris"
+    strings = ds.table(["lens.29_tokens"]).column(0).to_pylist()[row]
+    assert strings == [[tok.decode(int(i)) for i in top]]  # the decoded column agrees with HF
 
 
 def test_matches_nnsight_on_real_weights(smol, tmp_path):

@@ -38,3 +38,7 @@ def test_spec_runs(path, tmp_path, monkeypatch):
     assert ds.table().num_rows == summary.rows > 0
     for col in ds.columns:
         ds.to_torch(col)
+    if path.name == "quickstart.yaml":  # the README shows this row
+        t = ds.table(["example_id", "lens_tokens"]).to_pylist()
+        eiffel = next(r["lens_tokens"] for r in t if r["example_id"] == "eiffel")
+        assert eiffel[0][0] == " Paris"

@@ -58,13 +58,26 @@ def test_round_trip_is_bit_exact(dtype, fmt, storage, tmp_path):
     assert f.metadata[b"raysight.dtype"].decode() == name
     as_bytes = storage == "bytes" or dtype == torch.bfloat16
     assert f.metadata[b"raysight.storage"].decode() == ("bytes" if as_bytes else "typed")
-    if not as_bytes:  # plain pyarrow recovers the shape itself
-        nd = table.column("fixed").combine_chunks().to_numpy_ndarray()
-        assert nd.shape == (5, 3, 4)
+    if not as_bytes:  # plain pyarrow recovers the shape from the type: a list per dimension
+        arr = table.column("fixed").combine_chunks()
+        shape, typ = [len(arr)], arr.type
+        while pa.types.is_fixed_size_list(typ):
+            shape, typ = [*shape, typ.list_size], typ.value_type
+        assert shape == [5, 3, 4]
+        assert np.array_equal(arr.flatten().flatten().to_numpy().reshape(shape), fixed.numpy())
     elif dtype != torch.bfloat16:  # a plain reader needs only numpy and the metadata
         raw = b"".join(table.column("fixed").to_pylist())
         nd = np.frombuffer(raw, dtype=str(dtype).removeprefix("torch.")).reshape(-1, 3, 4)
         assert np.array_equal(nd, fixed.numpy())
+
+
+def test_datasets_written_with_arrows_tensor_extension_still_decode():
+    """Before nested lists, fixed shapes were Arrow's fixed_shape_tensor (one flat list)."""
+    x = torch.arange(24, dtype=torch.float32).reshape(4, 2, 3)
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1).numpy()), 6)
+    old = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), [2, 3]), storage)
+    assert torch.equal(decode(old, "float32", [2, 3]), x)
+    assert torch.equal(decode(old.slice(1, 2), "float32", [2, 3]), x[1:3])
 
 
 def test_failed_shard_leaves_no_file_and_temp_files_are_hidden(tmp_path):
@@ -170,9 +183,14 @@ def test_plain_readers_understand_the_files(tiny_dirs, run_spec):
     root = ds.path
     t = pq.read_table(root)
     assert t.num_rows == len(PROMPTS)
-    assert t.column("last").combine_chunks().to_numpy_ndarray().shape == (len(PROMPTS), 1, 32)
+    assert t.schema.field("last").type == pa.list_(pa.list_(pa.float32(), 32), 1)
     df = pl.read_parquet(f"{root}/*.parquet")
     assert df.height == len(PROMPTS) and df["full"].dtype == pl.List(pl.Array(pl.Float32, 32))
+    assert df["last"].dtype == pl.Array(pl.Float32, (1, 32))
+    assert df["last"].to_numpy().shape == (len(PROMPTS), 1, 32)
+    ref = ds.to_torch("last")
+    ids = ds.table(["example_id"]).column(0).to_pylist()
+    assert np.array_equal(df.sort("example_id")["last"].to_numpy(), ref[np.argsort(ids)].numpy())
     n = duckdb.sql(f"select count(*), sum(len(\"full\")) from '{root}/*.parquet'").fetchall()[0]
     assert n[0] == len(PROMPTS) and n[1] == sum(ds.table(["n_tokens"]).column(0).to_pylist())
     assert ds.polars().height == len(PROMPTS) and len(ds.pandas()) == len(PROMPTS)

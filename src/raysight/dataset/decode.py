@@ -51,7 +51,7 @@ def fixed_view(arr: pa.Array, dtype: str, rest: list[int]) -> np.ndarray:
         start = arr.offset * width * item
         buf = np.frombuffer(arr.buffers()[1], dtype=np.uint8)[start : start + n * width * item]
         return buf.view(np.uint16 if dtype == "bfloat16" else _NP[_TORCH[dtype]])
-    if rest:
+    while pa.types.is_fixed_size_list(arr.type):  # one level per dimension (one level before)
         arr = arr.flatten()
     return arr.to_numpy(zero_copy_only=False)
 

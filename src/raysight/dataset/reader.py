@@ -277,9 +277,11 @@ class Dataset:
         return self.table().to_pandas()
 
     def hf(self):
-        """An HF ``datasets.Dataset``. datasets has no type for Arrow's fixed_shape_tensor, so
-        tensor columns arrive as their storage: fixed-shape values flattened to one list per row
-        (reshape with ``self.manifest.columns``), per-token values as a list per token."""
+        """An HF ``datasets.Dataset``: a fixed-shape tensor column is nested lists of fixed
+        size (``with_format("torch")`` gives [rows, *shape]), a per-token value a list per token.
+        (Datasets written before raysight stored fixed shapes as nested lists used Arrow's
+        fixed_shape_tensor, which datasets has no type for: those arrive flattened, one list
+        per row, to be reshaped with ``self.manifest.columns``.)"""
         import datasets
 
         table = self.table()
@@ -290,15 +292,30 @@ class Dataset:
         return datasets.Dataset(pa.table(cols, names=table.column_names))
 
     def ray(self):
-        """A Ray Dataset over the shard files, one block per file (Parquet or Arrow IPC)."""
+        """A Ray Dataset over the shard files, one block per file (Parquet or Arrow IPC), whose
+        fixed-shape tensor columns come out as ndarrays ([rows, *shape] in a numpy batch)."""
         import ray.data
+
+        from ._ray_arrow import ArrowIPCDatasource, as_tensors
 
         files = [str(f) for f in self.files]
         if (self.manifest.format_files or "parquet") == "parquet":
-            return ray.data.read_parquet(files)
-        from ._ray_arrow import ArrowIPCDatasource
-
-        return ray.data.read_datasource(ArrowIPCDatasource(files))
+            rd = ray.data.read_parquet(files)
+        else:
+            rd = ray.data.read_datasource(ArrowIPCDatasource(files))
+        names = [
+            c["name"]
+            for c in self.manifest.columns
+            if c["shape"]
+            and c["shape"][0] is not None
+            and c.get("storage") == "typed"
+            and c["dtype"] != "bfloat16"
+        ]
+        if not names:
+            return rd
+        return rd.map_batches(
+            as_tensors, batch_format="pyarrow", zero_copy_batch=True, fn_kwargs={"names": names}
+        )
 
     def errors(self) -> list[dict[str, Any]]:
         """The finished shards' row errors (from their completion records, which are also

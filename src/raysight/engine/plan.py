@@ -23,9 +23,11 @@ from ..models.loading import LoadedModel, load_model, meta_safe
 from ..spec.backward import CrossEntropyLoss
 from ..spec.generate import step_range
 from ..spec.models import Spec
+from ..spec.reduce import strings_name
 from ..spec.sweep import axis_values, has_placeholder
 from ..spec.variants import site_key, token_fields
 from ..writers.encode import ColumnInfo, arrow_field
+from ..writers.tokens import strings_field
 
 __all__ = ["RunPlan", "identity_fields", "make_plan", "min_tokens"]
 
@@ -109,17 +111,20 @@ def _infer_columns(
     # two unpadded rows of different lengths, both within the positions the model has
     longer = min(max(8, need + 2) + 3, max_length)
     lengths = (max(need, longer - 3), longer)
-    runs = []
+    runs, widths = [], {}
     for length in lengths:
         try:
             with meta_safe(loaded):
                 batch = _meta_batch(spec, loaded, sample, length)
-                runs.append(Interleaver(loaded, hooks).run(batch, probe=True))
+                interleaver = Interleaver(loaded, hooks)
+                runs.append(interleaver.run(batch, probe=True))
+                widths = interleaver.widths
         except (OpError, SelectError) as e:
             raise PlanError(getattr(e, "problems", None) or [str(e)]) from None
         except Exception as e:
             raise PlanError([f"model: a meta-device forward with the ops failed ({e})"]) from None
     where = {s.column: s for s in hooks.saves}
+    vocab = _vocab_size(loaded)
     problems, cols = [], []
     for name in hooks.columns:
         base = name.removesuffix("_ids").removesuffix("_values")
@@ -140,7 +145,8 @@ def _infer_columns(
                 continue
         storage = spec.output.tensor_storage if shape else "typed"
         site = _site_text(spec, act.where) or act.target.label
-        col = ColumnInfo(name, str(dtype).removeprefix("torch."), shape, site, storage)
+        is_vocab = vocab is not None and widths.get(name) == vocab
+        col = ColumnInfo(name, str(dtype).removeprefix("torch."), shape, site, storage, is_vocab)
         if spec.output.layout == "per_token":
             if not col.variable:
                 problems.append(
@@ -148,11 +154,24 @@ def _infer_columns(
                     f"{list(a)}); output.layout per_token needs one per token"
                 )
                 continue
-            col = ColumnInfo(name, col.dtype, col.shape[1:], col.site, col.storage)
+            col = replace(col, shape=col.shape[1:])
         cols.append(col)
     if problems:
         raise PlanError(problems)
     return cols
+
+
+def _vocab_size(loaded: LoadedModel) -> int | None:
+    """The width of the model's logits (its output embedding's rows, which may pad the
+    tokenizer's vocabulary), or None for a model without a tokenizer."""
+    if loaded.tokenizer is None:
+        return None
+    head = getattr(loaded.module, "get_output_embeddings", lambda: None)()
+    weight = getattr(head, "weight", None)
+    if weight is not None and weight.dim() == 2:
+        return int(weight.shape[0])
+    size = getattr(getattr(loaded.module, "config", None), "vocab_size", None)
+    return size if isinstance(size, int) else len(loaded.tokenizer)
 
 
 def _site_text(spec: Spec, where: str) -> str | None:
@@ -207,25 +226,42 @@ def identity_fields(spec: Spec, kind: str, id_type: pa.DataType) -> list[pa.Fiel
             fields.append(pa.field(axis, _axis_type(axis_values(values)), nullable=False))
     if spec.data.pair:
         fields.append(pa.field("row", pa.string(), nullable=False))
+    decode = spec.output.decode_tokens and kind != "tensor"
     if spec.output.layout == "per_token":
         fields += [
             pa.field("position", pa.int32(), nullable=False),
             pa.field("token_id", pa.int32(), nullable=False),
         ]
+        if decode:
+            fields.append(strings_field("token", (), "token_id"))
     elif kind != "tensor":
         fields += [
             pa.field("n_tokens", pa.int32(), nullable=False),
             pa.field("input_ids", pa.large_list(pa.int32()), nullable=False),
         ]
+        if decode:
+            fields.append(strings_field("input_tokens", (None,), "input_ids"))
     if spec.output.include_text and kind != "tensor":
         fields.append(pa.field("text", pa.large_string(), nullable=False))
     if spec.generate is not None:
         fields += [
             pa.field("n_generated", pa.int32(), nullable=False),
             pa.field("generated_ids", pa.large_list(pa.int32()), nullable=False),
-            pa.field("generated_text", pa.large_string(), nullable=False),
         ]
+        if decode:
+            fields.append(strings_field("generated_tokens", (None,), "generated_ids"))
+        fields.append(pa.field("generated_text", pa.large_string(), nullable=False))
     return fields
+
+
+def value_fields(spec: Spec, cols: list[ColumnInfo]) -> list[pa.Field]:
+    """The saved columns' fields, each column of vocabulary ids followed by its strings."""
+    out = []
+    for c in cols:
+        out.append(arrow_field(c))
+        if c.vocab and spec.output.decode_tokens:
+            out.append(strings_field(strings_name(c.name), c.shape, c.name))
+    return out
 
 
 def _axis_type(values: list) -> pa.DataType:
@@ -265,7 +301,7 @@ def make_plan(
         )
     cols = _columns(spec, meta, hooks, sample, max_length)
     fields = identity_fields(spec, meta.kind, id_type or pa.int64())
-    schema = pa.schema([*fields, *(arrow_field(c) for c in cols)])
+    schema = pa.schema([*fields, *value_fields(spec, cols)])
     arch = meta.names.architecture
     return RunPlan(spec, hooks, tree, cols, schema, meta.kind, arch, max_length, source)
 

@@ -19,6 +19,7 @@ from ..data.readers import id_type, input_source, read_range, tensor_sample, tot
 from ..data.sources import Source
 from ..models.loading import LoadedModel, load_model
 from ..spec.models import Spec
+from ..spec.reduce import strings_name
 from ..spec.sweep import axis_values
 from ..spec.variants import token_fields
 from .plan import RunPlan, make_plan
@@ -112,18 +113,7 @@ def plan(spec: Spec, sample_rows: int = PLAN_SAMPLE, base_dir: str | Path = ".")
     return PlanReport(
         architecture=p.plan.architecture or p.plan.model_kind,
         stop_after=hooks.stop_event[1] if hooks.stop_event else None,
-        columns=[
-            {
-                "name": c.name,
-                "site": c.site,
-                "dtype": c.dtype,
-                "shape": [
-                    ("steps" if c.name in stacked else "tokens") if d is None else d
-                    for d in c.shape
-                ],
-            }
-            for c in p.plan.columns
-        ],
+        columns=_column_rows(p.plan, stacked),
         input_rows=p.total,
         input_files=len(p.source.files) if p.source is not None else 0,
         sampled_rows=sampled,
@@ -139,3 +129,15 @@ def plan(spec: Spec, sample_rows: int = PLAN_SAMPLE, base_dir: str | Path = ".")
         estimated_bytes=round(total_bytes),
         schema=p.plan.schema.to_string(show_schema_metadata=False, show_field_metadata=False),
     )
+
+
+def _column_rows(plan: Any, stacked: dict[str, int]) -> list[dict[str, Any]]:
+    """The saved columns, each column of vocabulary ids followed by its decoded strings."""
+    out = []
+    for c in plan.columns:
+        shape = [("steps" if c.name in stacked else "tokens") if d is None else d for d in c.shape]
+        out.append({"name": c.name, "site": c.site, "dtype": c.dtype, "shape": shape})
+        if c.vocab and plan.spec.output.decode_tokens:
+            row = {"name": strings_name(c.name), "site": f"{c.name}, decoded", "dtype": "string"}
+            out.append({**row, "shape": shape})
+    return out

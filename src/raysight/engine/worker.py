@@ -28,9 +28,11 @@ from ..interleave.actions import SetAction
 from ..interleave.interleaver import Interleaver, OpError
 from ..models.loading import load_model
 from ..spec.load import parse_spec
+from ..spec.reduce import strings_name
 from ..spec.variants import token_fields
 from ..writers.encode import encode_column
 from ..writers.shard import ShardWriter
+from ..writers.tokens import token_strings
 from .ids import id_keys
 from .plan import RunPlan, make_plan, min_tokens
 from .selfcheck import SelfCheck, SelfCheckError, pick
@@ -187,10 +189,8 @@ class ShardRunner:
                 cols["n_generated"] = [len(t) for t in new]
                 cols["generated_ids"] = new
                 cols["generated_text"] = self.loaded.tokenizer.batch_decode(new)
-        arrays = []
-        for f in self.plan.schema:
-            if f.name in cols:
-                arrays.append(pa.array(cols[f.name], type=f.type))
+        schema = self.plan.schema
+        arrays = {f.name: pa.array(cols[f.name], type=f.type) for f in schema if f.name in cols}
         for col in self.plan.columns:
             data = values[col.name]
             if col.variable and not torch.is_tensor(data):  # a row with no steps (stopped early)
@@ -198,8 +198,16 @@ class ShardRunner:
                 data = [r if r.numel() else empty for r in data]
             if spec.output.layout == "per_token":
                 data = torch.cat(list(data)) if not torch.is_tensor(data) else data.flatten(0, 1)
-            arrays.append(encode_column(col, data))
-        return pa.RecordBatch.from_arrays(arrays, schema=self.plan.schema)
+            arrays[col.name] = encode_column(col, data)
+            if col.vocab and spec.output.decode_tokens:
+                name = strings_name(col.name)
+                arrays[name] = token_strings(self.loaded.tokenizer, data, col.shape)
+        for f in schema:  # the identity ids' strings
+            decodes = (f.metadata or {}).get(b"raysight.decodes", b"").decode()
+            if f.name not in arrays and decodes in cols:
+                shape = () if decodes == "token_id" else (None,)
+                arrays[f.name] = token_strings(self.loaded.tokenizer, cols[decodes], shape)
+        return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
     # -------------------------------------------------------------- run
     def run_job(self, job: ShardJob) -> ShardResult:
@@ -237,12 +245,13 @@ class ShardRunner:
             self.spec.output.row_group_bytes,
             background=True,
         )
-        writer.start()
         tokens = padded = 0
         examples: set = set()
         self._model_failures: list[str] = []  # rows that raised inside the model, not in an op
         k = len(units[0]) if units else 1  # rows per unit: the pair's fields
         try:
+            # inside the try: a signal that lands while the file is being opened still drops it
+            writer.start()
             check = self._reruns(units, by_id)
             for group in pack(
                 [max(len(e.ids) for e in u) for u in units],

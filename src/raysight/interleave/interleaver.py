@@ -62,6 +62,7 @@ class Interleaver:
         self.plan = plan
         self.modules = dict(loaded.module.named_modules())
         self.host_seconds = 0.0  # time spent copying saves off the device, all batches
+        self.widths: dict[str, int] = {}  # the last run's id columns -> the width they index
         self._steps: dict[int, set[int]] = {}  # id(action) -> generation steps it applies to
         if plan.generate is not None:
             every = [a for acts in [*plan.actions.values(), *plan.skips.values()] for a in acts]
@@ -85,6 +86,12 @@ class Interleaver:
         else:
             red = map_rows(data, lambda t: reduce_last(t, act.reduce))
         cast = (lambda t: t.to(_DTYPES[act.dtype])) if act.dtype else (lambda t: t)
+        if isinstance(act.reduce, TopK) or act.reduce == "argmax":
+            # what the ids index: the plan gives ids over the vocabulary a column of strings
+            first = data if torch.is_tensor(data) else (data[0] if data else None)
+            if first is not None:
+                key = f"{act.column}_ids" if isinstance(act.reduce, TopK) else act.column
+                ctx.widths[key] = int(first.shape[-1])
         if isinstance(act.reduce, TopK):
             if torch.is_tensor(data):
                 vals, ids = red
@@ -320,6 +327,7 @@ class Interleaver:
         ctx = Ctx(batch, self.loaded.kind != "tensor")
         ctx.generating = self.plan.generate is not None and not probe
         ctx.pair_fields = self.plan.pair_fields
+        self.widths = ctx.widths  # filled as the saves run; read by planning
         per_step: dict[int, dict[str, Any]] = {}
         handles, patched = [], []
         try:

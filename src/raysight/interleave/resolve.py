@@ -13,7 +13,7 @@ from ..errors import RaysightError
 from ..models.loading import LoadedModel
 from ..spec.backward import FieldRef, GradOp, MeanLoss, SumLoss, loss_kind
 from ..spec.models import CacheOp, FromValue, SaveOp, SetOp, SkipOp, Spec, TopK, Variant
-from ..spec.reduce import metric_refs
+from ..spec.reduce import metric_refs, strings_name
 from ..spec.sites import SiteError, expand_module_pattern, parse_module_site, parse_value_site
 from ..spec.variants import RESERVED
 from .actions import GradAction, HookPlan, LossAction, SaveAction, SetAction, SkipAction, Target
@@ -331,8 +331,12 @@ class _Resolver:
     def check_columns(self) -> None:
         seen: dict[str, str] = {}
         for s in self.plan.saves:
-            names = [f"{s.column}_ids", f"{s.column}_values"]
-            for name in names if isinstance(s.reduce, TopK) else [s.column]:
+            names = [s.column]
+            if isinstance(s.reduce, TopK):
+                names = [f"{s.column}_ids", f"{s.column}_values"]
+            if isinstance(s.reduce, TopK) or s.reduce == "argmax":  # ids: strings may go along
+                names.append(strings_name(names[0]))
+            for name in names:
                 if name in self.reserved:
                     self.fail(
                         s.where,

@@ -50,6 +50,7 @@ class Ctx:
     partial: dict[str, list] = field(default_factory=dict)  # column -> per-row values so far
     masks: dict[int, list[int] | None] = field(default_factory=dict)  # id(action) -> its rows
     pair_fields: list[str] = field(default_factory=list)  # data.pair.fields, for messages
+    widths: dict[str, int] = field(default_factory=dict)  # id column -> the width it indexes
 
     @property
     def size(self) -> int:

@@ -25,6 +25,10 @@ class OutputSpec(_Strict):
     several times faster to write as Parquet for float16. bfloat16 is always stored as bytes."""
     include_text: bool = False
     """Add a `text` column with the prompt."""
+    decode_tokens: bool = True
+    """Beside every column of token ids, a column of the tokens as text, each decoded alone
+    (" Paris"): `input_tokens` (per_token: `token`), `generated_tokens`, and `<as>_tokens` for
+    an argmax or topk over the vocabulary (the logits, or a logit lens)."""
     compression: Literal["none", "zstd", "lz4", "snappy"] = "none"
     """Compression codec; float activations barely compress, so none is fastest."""
     row_group_bytes: int = Field(128 * 2**20, ge=2**16)

@@ -22,6 +22,7 @@ __all__ = [
     "TopK",
     "metric_kind",
     "metric_refs",
+    "strings_name",
 ]
 
 
@@ -81,3 +82,9 @@ def metric_kind(reduce: Any) -> str | None:
     """logit_diff, prob or logprob for a metric reduce; None otherwise."""
     kinds = {LogitDiffReduce: "logit_diff", ProbReduce: "prob", LogprobReduce: "logprob"}
     return kinds.get(type(reduce))
+
+
+def strings_name(ids_column: str) -> str:
+    """The column of decoded tokens beside a column of token ids: ``lens_ids`` (topk) ->
+    ``lens_tokens``, ``top`` (argmax) -> ``top_tokens``."""
+    return ids_column.removesuffix("_ids") + "_tokens"

@@ -27,11 +27,14 @@ RESERVED = (
     "row",
     "n_tokens",
     "input_ids",
+    "input_tokens",
     "text",
     "position",
     "token_id",
+    "token",
     "n_generated",
     "generated_ids",
+    "generated_tokens",
     "generated_text",
 )
 site_key = tag_by_key(("save", "cache", "grad"))  # the key of an op that names a saved site

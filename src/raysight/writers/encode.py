@@ -1,6 +1,9 @@
 """Tensors to Arrow arrays with types fixed by the plan, so every file of a run shares a schema.
 
-- fixed per-row shape  -> ``arrow.fixed_shape_tensor`` (scalars: a plain column)
+- fixed per-row shape  -> nested ``fixed_size_list``, one level per dimension (scalars: a plain
+                          column): HF datasets (``List(length=)``), polars (``Array``) and
+                          duckdb (``FLOAT[n]``) read it as it is; none of them knows Arrow's
+                          ``fixed_shape_tensor`` extension, which datasets written before used
 - variable first dim   -> ``large_list<fixed_size_list<T, rest>>`` (``large_list<T>`` for 1-d)
 - bytes storage        -> ``fixed_size_binary`` / ``large_binary``: one value per row holding
                           the tensor's raw bytes (C order), bit-exact
@@ -47,6 +50,7 @@ class ColumnInfo:
     shape: tuple[int | None, ...]  # per row; None = the row's token count
     site: str = ""
     storage: str = "typed"  # "typed" or "bytes"; bfloat16 is always "bytes"
+    vocab: bool = False  # token ids of the model's vocabulary (a strings column goes with it)
 
     @property
     def as_bytes(self) -> bool:
@@ -84,10 +88,10 @@ def arrow_field(col: ColumnInfo) -> pa.Field:
     elif col.variable:
         inner = _value_type(col.dtype)
         typ = pa.large_list(pa.list_(inner, n) if rest else inner)
-    elif not col.shape:
-        typ = _value_type(col.dtype)
     else:
-        typ = pa.fixed_shape_tensor(_value_type(col.dtype), list(col.shape))
+        typ = _value_type(col.dtype)
+        for d in reversed(col.shape):
+            typ = pa.list_(typ, d)
     return pa.field(col.name, typ, nullable=False, metadata=meta)
 
 
@@ -130,7 +134,6 @@ def encode_column(col: ColumnInfo, data: Any) -> pa.Array:
             return pa.array([], field.type)
         return pa.FixedSizeBinaryArray.from_buffers(field.type, n, [None, pa.py_buffer(flat)])
     values = pa.array(flat)
-    if not col.shape:
-        return values
-    storage = pa.FixedSizeListArray.from_arrays(values, prod(col.shape))
-    return pa.ExtensionArray.from_storage(field.type, storage)
+    for d in reversed(col.shape):
+        values = pa.FixedSizeListArray.from_arrays(values, d)
+    return values
