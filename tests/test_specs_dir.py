@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.image
+import numpy as np
 import pytest
 
 import raysight
@@ -11,6 +13,15 @@ from raysight.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
+EXPECTED_PLOT = {
+    "logit_lens.yaml": "lens",
+    "activation_patching.yaml": "grid",
+    "layer_importance.yaml": "grid",
+    "quickstart.yaml": "top",
+    "extract_dataset.yaml": "norms",
+    "attribution_patching.yaml": "norms",
+    "cross_prompt_patching.yaml": "text",
+}
 
 
 def test_there_are_specs():
@@ -38,6 +49,10 @@ def test_spec_runs(path, tmp_path, monkeypatch):
     assert ds.table().num_rows == summary.rows > 0
     for col in ds.columns:
         ds.to_torch(col)
+    chart = ds.plot(tmp_path / "plot.png")  # every spec's output has a plot
+    image = matplotlib.image.imread(str(tmp_path / "plot.png"))
+    assert image.shape[0] > 200 and len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 8
+    assert chart.kind == EXPECTED_PLOT.get(path.name, chart.kind)
     if path.name == "quickstart.yaml":  # the README shows this row
         t = ds.table(["example_id", "lens_tokens"]).to_pylist()
         eiffel = next(r["lens_tokens"] for r in t if r["example_id"] == "eiffel")

@@ -1,4 +1,4 @@
-"""The ``raysight`` command: run, validate, plan, submit, verify, inspect, schema.
+"""The ``raysight`` command: run, validate, plan, submit, verify, inspect, plot, schema.
 
 Precedence: defaults < spec file < ``--set a.b=value``. Expected failures (a bad spec, a bad
 output path, a model that cannot load) print a clear message and exit 2, without a traceback.
@@ -13,6 +13,7 @@ from typing import Any
 
 from . import __version__
 from .errors import RaysightError
+from .log import set_verbosity
 from .spec.load import load_spec
 from .spec.models import Spec
 
@@ -44,8 +45,32 @@ def _parser() -> argparse.ArgumentParser:
         action="version",
         version=f"raysight {__version__} (Python {sys.version.split()[0]})",
     )
+    talk = argparse.ArgumentParser(add_help=False)  # on every command, after its name
+    loud = talk.add_mutually_exclusive_group()
+    loud.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=-1,
+        default=0,
+        help="print only warnings and errors (no progress)",
+    )
+    loud.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=1,
+        help="print debug lines too (each shard's stage times) and leave Ray's and HF's own "
+        "logs and progress bars on",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run a spec and write its dataset")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[talk])
+
+    p = command("run", help="run a spec and write its dataset")
     _add_spec_args(p)
     p.add_argument(
         "--overwrite",
@@ -58,24 +83,35 @@ def _parser() -> argparse.ArgumentParser:
         help="run in this process instead of a Ray actor (execution.runner=local)",
     )
     p.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else local Ray)")
-    p = sub.add_parser("validate", help="check a spec (and, unless --no-model, its sites)")
+    p = command("validate", help="check a spec (and, unless --no-model, its sites)")
     _add_spec_args(p)
     p.add_argument(
         "--no-model", action="store_true", help="check the spec alone: instant, no torch import"
     )
-    p = sub.add_parser("plan", help="resolve sites on the meta model; print schema and sizes")
+    p = command("plan", help="resolve sites on the meta model; print schema and sizes")
     _add_spec_args(p)
-    p = sub.add_parser("submit", help="run a spec as a Ray job on a cluster and follow its logs")
+    p = command("submit", help="run a spec as a Ray job on a cluster and follow its logs")
     _add_spec_args(p)
     p.add_argument("--address", required=True, help="the cluster's dashboard, http://HEAD:8265")
     p.add_argument("--working-dir", default=".", help="directory uploaded with the job")
     p.add_argument("--runtime-env", help="YAML with extra runtime_env fields (env_vars, pip...)")
     p.add_argument("--no-wait", action="store_true", help="submit and return")
-    p = sub.add_parser("verify", help="check a dataset against its manifest (exit 1 if not whole)")
+    p = command("verify", help="check a dataset against its manifest (exit 1 if not whole)")
     p.add_argument("path", help="output directory")
-    p = sub.add_parser("inspect", help="summarise a dataset")
+    p = command("inspect", help="summarise a dataset")
     p.add_argument("path", help="output directory")
-    p = sub.add_parser("schema", help="print the spec's JSON Schema")
+    p = command("plot", help="draw a dataset's first plot (logit lens, sweep grid, norms...)")
+    p.add_argument("path", help="output directory (or s3:// URI) of a run")
+    p.add_argument("-o", "--out", help="image file: .png, .svg, .pdf or .html (default: NAME.png)")
+    p.add_argument(
+        "--kind",
+        default="auto",
+        choices=["auto", "grid", "lens", "top", "norms", "text"],
+        help="what to draw (auto: chosen from the dataset's manifest)",
+    )
+    p.add_argument("--row", help="the example_id a per-position plot shows (default: the first)")
+    p.add_argument("--rows", type=int, default=8, help="prompts shown side by side (default 8)")
+    p = command("schema", help="print the spec's JSON Schema")
     p.add_argument("--indent", type=int, default=2)
     return ap
 
@@ -101,10 +137,11 @@ def _human(n: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    set_verbosity(args.verbosity)
     if args.command == "schema":
         print(json.dumps(Spec.model_json_schema(by_alias=True), indent=args.indent))
         return 0
-    if args.command in ("verify", "inspect"):
+    if args.command in ("verify", "inspect", "plot"):
         return _dataset_command(args)
     from .engine.signals import Interrupted
 
@@ -127,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
 def _dataset_command(args: argparse.Namespace) -> int:
     from .dataset.verify import inspect, verify
 
-    if args.command == "inspect":
+    if args.command in ("inspect", "plot"):
         try:
-            print(inspect(args.path))
+            print(inspect(args.path) if args.command == "inspect" else _plot(args))
         except (FileNotFoundError, OSError, RaysightError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -144,7 +181,23 @@ def _dataset_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> str:
+    from pathlib import PurePosixPath
+
+    from .dataset.reader import open_dataset
+
+    ds = open_dataset(args.path)
+    chart = ds.plot(kind=args.kind, row=args.row, rows=args.rows)
+    out = args.out or f"{PurePosixPath(str(args.path).rstrip('/')).name or 'plot'}.png"
+    chart.save(out)
+    return f"{out}: {chart.kind} plot of {args.path}"
+
+
 def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
+    if args.verbosity < 1:  # this process loads models: no HF load bars between our lines
+        from .models.loading import quiet_hf
+
+        quiet_hf()
     if args.command == "validate":
         info = _plan(spec, VALIDATE_SAMPLE)
         sampled = ""

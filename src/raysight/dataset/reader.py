@@ -317,6 +317,17 @@ class Dataset:
             as_tensors, batch_format="pyarrow", zero_copy_batch=True, fn_kwargs={"names": names}
         )
 
+    def plot(self, out: str | Path | None = None, kind: str = "auto", **kw: Any):
+        """The dataset's first plot (dataset/plot.py: grid, lens, top, norms or text, chosen
+        from the manifest); written to ``out`` (.png, .svg, .pdf, .html) when given. Returns the
+        Chart, which a notebook shows."""
+        from .plot import plot
+
+        chart = plot(self, kind, **kw)
+        if out is not None:
+            chart.save(out)
+        return chart
+
     def errors(self) -> list[dict[str, Any]]:
         """The finished shards' row errors (from their completion records, which are also
         current while a run is still writing ``_errors.jsonl``)."""

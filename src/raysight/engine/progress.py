@@ -1,11 +1,18 @@
-"""Progress while a run goes: rows, tokens/s and ETA. On a terminal one status line is rewritten
-in place; otherwise (CI, a Ray job's log) each finished shard is a plain log line."""
+"""Progress while a run goes: input rows done, tokens/s, ETA, updated as each batch is written
+(an actor reports its batches; a shard's own record replaces them when it finishes).
+
+Rates are steady-state: they count from the first batch any replica finished, so the model's
+load and a local Ray's start are not averaged in. On a terminal a tqdm bar is redrawn in place;
+elsewhere (CI, a Ray job's log) each finished shard is a log line, and a line every
+``every`` seconds says where a long shard is.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Progress"]
 
@@ -17,43 +24,146 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, rows: int, shards: int, log: Callable[[str], None], tty: bool = False):
-        self.total_rows, self.total_shards = rows, shards
-        self.log, self.tty = log, tty
-        self.rows = self.tokens = self.shards = self.failed = 0
-        self.t0 = time.perf_counter()
+    def __init__(
+        self,
+        shard_rows: dict[int, int],
+        log: Callable[[str], None],
+        tty: bool = False,
+        generating: bool = False,
+        every: float = 30.0,
+        clock: Callable[[], float] = time.perf_counter,
+        warn: Callable[[str], None] | None = None,
+    ):
+        self.shard_rows = shard_rows  # shard -> its input rows, for the shards to run
+        self.total_rows, self.total_shards = sum(shard_rows.values()), len(shard_rows)
+        self.log, self.tty, self.generating, self.every = log, tty, generating, every
+        self.warn = warn or log  # failures: shown under -q too
+        self.clock = clock
+        self.t0 = self.last_line = clock()
+        self.done_rows = self.done_tokens = self.done_generated = 0
+        self.shards = self.failed = 0
+        self.partial: dict[int, tuple[float, int, int]] = {}  # shard -> rows, tokens, generated
+        self.finished: set[int] = set()
+        self.steady: tuple[float, float, int] | None = None  # time, rows, tokens at 1st batch
+        self.bar: Any = None
+        if tty:
+            from tqdm.auto import tqdm
 
-    def line(self) -> str:
-        elapsed = time.perf_counter() - self.t0
-        rate = self.tokens / elapsed if elapsed else 0.0
-        left = self.total_rows - self.rows
-        eta = _clock(elapsed / self.rows * left) if self.rows and left else "-"
-        failed = f", {self.failed} failed" if self.failed else ""
-        return (
-            f"[{self.shards}/{self.total_shards} shards{failed}] {self.rows}/{self.total_rows} "
-            f"rows, {rate:,.0f} tokens/s, elapsed {_clock(elapsed)}, ETA {eta}"
-        )
+            self.bar = tqdm(
+                total=self.total_rows,
+                unit="row",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                bar_format="{percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} rows{postfix}",
+            )
 
-    def shard_done(self, shard: int, rows: int, tokens: int, errors: int) -> None:
+    # ------------------------------------------------------------ events
+    def batch(self, shard: int, units_done: int, units: int, tokens: int, generated: int) -> None:
+        """A replica wrote a batch: ``units_done`` of the shard's ``units`` so far, and the
+        shard's tokens (prompt, and generated) so far."""
+        if shard in self.finished or shard not in self.shard_rows:
+            return  # a late report of a shard already counted whole
+        rows = self.shard_rows[shard] * units_done / max(units, 1)
+        self.partial[shard] = (rows, tokens, generated)
+        self._started()
+        self._show()
+
+    def shard_done(
+        self, shard: int, rows: int, tokens: int, errors: int, generated: int = 0
+    ) -> None:
+        self.finished.add(shard)
+        self.partial.pop(shard, None)
         self.shards += 1
-        self.rows += rows + errors
-        self.tokens += tokens
+        self.done_rows += rows + errors
+        self.done_tokens += tokens
+        self.done_generated += generated
+        self._started()
         self._emit(f"shard {shard} done ({rows} rows, {errors} row errors)")
 
     def shard_failed(self, shard: int, reason: str) -> None:
+        self.finished.add(shard)
+        self.partial.pop(shard, None)
         self.failed += 1
-        self._emit(f"shard {shard} FAILED: {reason}", force_log=True)
+        self._emit(f"shard {shard} FAILED: {reason}", warn=True)
 
-    def _emit(self, event: str, force_log: bool = False) -> None:
-        if self.tty and not force_log:
-            sys.stderr.write("\r\x1b[2K" + self.line())
-            sys.stderr.flush()
+    def tick(self) -> None:
+        """Called while waiting: off a terminal, a line every ``every`` seconds."""
+        if not self.tty and self.clock() - self.last_line >= self.every and self.rows:
+            self._emit("running")
+
+    # ------------------------------------------------------------ figures
+    @property
+    def rows(self) -> float:
+        return self.done_rows + sum(r for r, _, _ in self.partial.values())
+
+    @property
+    def tokens(self) -> int:
+        return self.done_tokens + sum(t for _, t, _ in self.partial.values())
+
+    @property
+    def generated(self) -> int:
+        return self.done_generated + sum(g for _, _, g in self.partial.values())
+
+    def _started(self) -> None:
+        if self.steady is None:
+            self.steady = (self.clock(), self.rows, self.tokens)
+
+    def rates(self) -> tuple[float | None, float | None]:
+        """(rows/s, tokens/s) since the first batch; None before there are two reports."""
+        if self.steady is None:
+            return None, None
+        t, rows, tokens = self.steady
+        dt = self.clock() - t
+        if dt <= 0 or self.rows <= rows:
+            return None, None
+        return (self.rows - rows) / dt, (self.tokens - tokens) / dt
+
+    def line(self) -> str:
+        elapsed = self.clock() - self.t0
+        row_rate, tok_rate = self.rates()
+        left = self.total_rows - self.rows
+        eta = _clock(left / row_rate) if row_rate and left > 0 else "-"
+        speed = f"{tok_rate:,.0f} tokens/s" if tok_rate is not None else "- tokens/s"
+        gen = f", {self.generated:,} generated" if self.generating else ""
+        failed = f", {self.failed} failed" if self.failed else ""
+        return (
+            f"[{self.shards}/{self.total_shards} shards{failed}] {self.rows:,.0f}/"
+            f"{self.total_rows:,} rows, {speed}{gen}, elapsed {_clock(elapsed)}, ETA {eta}"
+        )
+
+    # ------------------------------------------------------------ output
+    def _show(self) -> None:
+        if self.bar is not None:
+            self._draw()
         else:
-            if self.tty:
-                sys.stderr.write("\r\x1b[2K")
-            self.log(f"  {event} {self.line()}")
+            self.tick()
+
+    def _draw(self) -> None:
+        row_rate, tok_rate = self.rates()
+        left = self.total_rows - self.rows
+        eta = _clock(left / row_rate) if row_rate and left > 0 else "-"
+        speed = f"{tok_rate:,.0f} tok/s" if tok_rate is not None else "- tok/s"
+        gen = f", {self.generated:,} gen" if self.generating else ""
+        failed = f", {self.failed} failed" if self.failed else ""
+        self.bar.n = self.rows
+        self.bar.set_postfix_str(  # tqdm puts ", " before it
+            f"{self.shards}/{self.total_shards} shards{failed}, {speed}{gen}, ETA {eta}",
+            refresh=False,
+        )
+        self.bar.refresh()
+
+    def _emit(self, event: str, warn: bool = False) -> None:
+        if self.bar is not None and not warn:
+            self._draw()
+            return
+        self.last_line = self.clock()
+        if self.bar is not None:
+            self.bar.clear()
+        (self.warn if warn else self.log)(f"  {event} {self.line()}")
+        if self.bar is not None:
+            self._draw()
 
     def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -12,15 +12,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from ..dataset.store import is_uri
 from ..errors import RaysightError
+from ..log import verbose
 from ..spec.models import Spec
 from ..writers.shard import part_name
 from .signals import as_interrupted, rearm
@@ -60,17 +64,20 @@ def init_ray(address: str | None, num_cpus: int) -> bool:
             )
         return False
     try:
+        level = logging.INFO if verbose() else logging.WARNING  # not "Started a local Ray"
         if address:
             _probe(address)
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=level)
         else:
             # A local instance: as many logical CPUs as the actors reserve, at least the cores.
-            ray.init(
-                address="local",
-                num_cpus=max(num_cpus, os.cpu_count() or 1),
-                include_dashboard=False,
-                log_to_driver=True,
-            )
+            with _quiet_auth_notice():
+                ray.init(
+                    address="local",
+                    num_cpus=max(num_cpus, os.cpu_count() or 1),
+                    include_dashboard=False,
+                    log_to_driver=True,
+                    logging_level=level,
+                )
     except (OSError, RuntimeError, ValueError) as e:  # OSError: refused, socket path too long...
         raise ClusterError(
             f"cannot connect to Ray at {address or 'a new local instance'}: {e}"
@@ -78,6 +85,21 @@ def init_ray(address: str | None, num_cpus: int) -> bool:
     finally:
         rearm()  # ray.init installs a SIGTERM handler of its own
     return not address
+
+
+@contextmanager
+def _quiet_auth_notice() -> Iterator[None]:
+    """Ray warns, on every new local instance, that it turned token auth on (its default,
+    which stays on); under -v the notice is shown. Setting RAY_AUTH_MODE=token ourselves does
+    not work: Ray has read its config by then, and the instance fails to start."""
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    before = notice.level
+    if not verbose():
+        notice.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        notice.setLevel(before)
 
 
 def _check_resources(actors: int, cpus: int, gpus: float) -> None:
@@ -174,7 +196,10 @@ class RayRunner:
         )
         # Actors get the driver's plan instead of planning again: that saves each actor the meta
         # model and its planning forwards (seconds of start-up), and every file gets one schema.
+        # It comes with each job (as does the progress board), not to the constructor
+        # (ShardRunner.run_job says why).
         plan_ref = ray.put(s.plan)
+        board = _board_class().remote() if s.progress is not None else None
 
         def new_actor():
             return actor_cls.remote(
@@ -182,9 +207,16 @@ class RayRunner:
                 s.id_type,
                 s.sample,
                 ex.cpus_per_actor,
-                plan_ref,
                 allow_code=spec.allow_code,
+                plan_later=True,
+                quiet_libraries=not verbose(),
             )
+
+        def report() -> None:  # the batches the actors wrote since the last look
+            if board is not None:
+                for event in ray.get(board.drain.remote()):
+                    s.progress.batch(*event)
+                s.progress.tick()
 
         pool = [new_actor() for _ in range(n)]
         queue = deque(jobs)
@@ -194,13 +226,16 @@ class RayRunner:
         def dispatch(actor) -> None:
             if queue and s.more():
                 job = queue.popleft()
-                inflight[actor.run_job.remote(job)] = (actor, job)
+                inflight[actor.run_job.remote(job, plan_ref, board)] = (actor, job)
 
         try:
             for actor in pool:
                 dispatch(actor)
             while inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1)
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=REPORT_SECONDS)
+                report()
+                if not ready:
+                    continue
                 actor, job = inflight.pop(ready[0])
                 try:
                     result = ray.get(ready[0])
@@ -229,6 +264,33 @@ class RayRunner:
             if ray.is_initialized():  # not after an interrupted run shut its own Ray down
                 for actor in pool:
                     ray.kill(actor, no_restart=True)
+                if board is not None:
+                    ray.kill(board)
+
+
+#: how often the driver collects the actors' batch reports while it waits for a shard
+REPORT_SECONDS = 0.5
+
+
+def _board_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Board:
+        """Where actors post each batch they wrote (fire and forget: ``add.remote``), and
+        the driver collects them."""
+
+        def __init__(self):
+            self.events: list[tuple] = []
+
+        def add(self, *event) -> None:
+            self.events.append(event)
+
+        def drain(self) -> list[tuple]:
+            out, self.events = self.events, []
+            return out
+
+    return Board
 
 
 def _abandon(pool: list, inflight: dict, spec: Spec) -> None:

@@ -7,6 +7,7 @@ unless ``overwrite`` is given; a directory that is not a raysight dataset is nev
 
 from __future__ import annotations
 
+import logging
 import platform
 import re
 import sys
@@ -39,6 +40,7 @@ from ..dataset.records import (
 from ..dataset.store import Store
 from ..dataset.verify import shard_keys
 from ..errors import RaysightError
+from ..log import logger
 from ..models.bundled import resolve_bundled
 from ..spec.load import spec_hash, spec_to_dict
 from ..spec.models import Spec
@@ -198,8 +200,9 @@ def run(
 ) -> RunSummary:
     """Run ``spec``; returns a summary. Raises SpecError/PlanError/OutputError/DataError, and
     RunFailed when shards still fail after their retries (finished shards are kept)."""
-    tty = log is None and sys.stderr.isatty()  # a progress bar only for a person watching
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    # a progress bar only for a person watching, and not under -q
+    tty = log is None and sys.stderr.isatty() and logger().isEnabledFor(logging.INFO)
+    log = log or logger().info
     try:
         out = Store(spec.output.path)
         if out.local and out.dir.exists() and not out.dir.is_dir():
@@ -285,7 +288,9 @@ def _run_locked(
         f"raysight: {total} input rows, {manifest.n_shards} shard(s), {len(todo)} to run "
         f"-> {out.uri}"
     )
-    progress = Progress(sum(j.rows for j in todo), len(todo), log, tty=tty)
+    warn = logger().warning if log == logger().info else log
+    generating = spec.generate is not None
+    progress = Progress({j.shard: j.rows for j in todo}, log, tty, generating, warn=warn)
 
     def done(res: ShardResult) -> None:
         errors = res.errors
@@ -312,7 +317,9 @@ def _run_locked(
             manifest.shards[res.shard] = entry
 
         save(write, force=False)
-        progress.shard_done(res.shard, res.examples, res.tokens, len(errors))
+        progress.shard_done(res.shard, res.examples, res.tokens, len(errors), res.generated)
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in res.stages.items() if v)
+        logger().debug(f"  shard {res.shard}: {res.seconds:.2f}s ({stages})")
 
     def failed(shard: int, reason: str, attempts: int) -> None:
         manifest.shards[shard] = ShardEntry.failed(reason, attempts)
@@ -323,14 +330,17 @@ def _run_locked(
     try:
         with interruptible():
             if todo:
-                shards = Shards(spec, spec_data, plan, ids, sample, done, failed, budget.more)
+                shards = Shards(
+                    spec, spec_data, plan, ids, sample, done, failed, budget.more, progress
+                )
                 runner_for(shards, address).run(todo)
             if not budget.more():  # data.max_tokens reached
                 _cut(out, manifest, budget)
             _check_ids(spec, out, manifest)
     except Interrupted as e:
         failure = e
-        log(
+        progress.close()
+        warn(
             f"raysight: {e}; {len(manifest.done())} finished shard(s) kept in {out.uri}, no "
             "partial files left; rerun the same command to resume"
         )
@@ -345,7 +355,7 @@ def _run_locked(
         except OutputError as e:
             if failure is None:
                 raise
-            log(f"raysight: {e}")  # the run's own error is the one to raise
+            warn(f"raysight: {e}")  # the run's own error is the one to raise
     totals = manifest.totals()
     summary = RunSummary(
         out.uri,

@@ -30,6 +30,7 @@ class Shards:
     done: Callable[[ShardResult], None]
     failed: Callable[[int, str, int], None]  # shard, last error, attempts
     more: Callable[[], bool] = lambda: True  # asked before a shard starts (data.max_tokens)
+    progress: Any = None  # engine/progress.Progress: batch(...) per written batch, tick()
 
 
 @dataclass
@@ -60,7 +61,13 @@ class LocalRunner:
     def run(self, jobs: list[ShardJob]) -> None:
         s = self.shards
         replica = ShardRunner(
-            s.spec_data, s.id_type, s.sample, None, plan=s.plan, allow_code=s.spec.allow_code
+            s.spec_data,
+            s.id_type,
+            s.sample,
+            None,
+            plan=s.plan,
+            allow_code=s.spec.allow_code,
+            board=s.progress.batch if s.progress is not None else None,
         )
         retries = Retries(s.spec.execution.max_retries, s.failed)
         for job in jobs:

@@ -26,7 +26,7 @@ from ..data.readers import Row, input_source, read_range
 from ..dataset.store import Store
 from ..interleave.actions import SetAction
 from ..interleave.interleaver import Interleaver, OpError
-from ..models.loading import load_model
+from ..models.loading import load_model, quiet_hf
 from ..spec.load import parse_spec
 from ..spec.reduce import strings_name
 from ..spec.variants import token_fields
@@ -74,6 +74,7 @@ class ShardResult:
     bytes: int = 0  # its size
     self_check: dict[str, Any] = field(default_factory=dict)  # rows rerun alone, max |diff|
     id_keys: Any = None  # with data.id_field: the sorted uint64 keys of its ids (engine/ids.py)
+    generated: int = 0  # tokens generated (under `generate:`)
 
 
 # Where a shard's time goes. read is reading and checking its input rows; forward includes
@@ -96,18 +97,31 @@ class ShardRunner:
         threads: int | None,
         plan: RunPlan | None = None,
         allow_code: bool = False,
+        board: Any = None,
+        quiet_libraries: bool = False,
+        plan_later: bool = False,
     ):
         if threads:
             torch.set_num_threads(threads)
+        if quiet_libraries:  # an actor's output reaches the driver's terminal: no load bars
+            quiet_hf()
+        # each written batch is reported (shard, units done, units, tokens, generated)
+        self.on_batch: Any = board
         # allow_code is the driver's opt-in, handed on: the spec data alone cannot carry it
         self.spec = parse_spec(spec_data, allow_code=allow_code)
         self.loaded = load_model(self.spec.model)
+        self.plan: RunPlan | None = None
+        if plan_later:  # each run_job brings the driver's plan (engine/ray_runner.py)
+            return
         if plan is None:
             meta = load_model(self.spec.model, meta=True)
             source = input_source(self.spec.data)
             plan = make_plan(
                 self.spec, sample, pa.type_for_alias(id_type), loaded=meta, source=source
             )
+        self._use(plan)
+
+    def _use(self, plan: RunPlan) -> None:
         self.plan = plan
         self.interleaver = Interleaver(self.loaded, self.plan.hooks)
         # each variant has its own positions: a row too short for one variant is an error for
@@ -210,8 +224,16 @@ class ShardRunner:
         return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
     # -------------------------------------------------------------- run
-    def run_job(self, job: ShardJob) -> ShardResult:
-        """Read the shard's input rows (only the columns the spec needs), then run it."""
+    def run_job(self, job: ShardJob, plan: RunPlan | None = None, board: Any = None) -> ShardResult:
+        """Read the shard's input rows (only the columns the spec needs), then run it.
+        ``plan``: the driver's, for a runner made with ``plan_later`` (used from the first);
+        ``board``: the Ray actor its batches are reported to (engine/ray_runner.py). Both come
+        with the job: an actor given an object or actor reference at construction makes Ray
+        log an error-level line about restarts on every run."""
+        if self.plan is None:
+            self._use(plan)
+        if board is not None and self.on_batch is None:
+            self.on_batch = board.add.remote
         t0 = time.perf_counter()
         id_kind = "string" if pa.types.is_string(self.plan.schema.field(0).type) else "int64"
         rows, bad = read_range(
@@ -245,7 +267,7 @@ class ShardRunner:
             self.spec.output.row_group_bytes,
             background=True,
         )
-        tokens = padded = 0
+        tokens = padded = generated = units_done = 0
         examples: set = set()
         self._model_failures: list[str] = []  # rows that raised inside the model, not in an op
         k = len(units[0]) if units else 1  # rows per unit: the pair's fields
@@ -270,6 +292,11 @@ class ShardRunner:
                     examples.update(batch.example_ids)
                     tokens += sum(batch.lengths)
                     padded += batch.size * batch.padded_length
+                    if "generated_ids" in values:
+                        generated += sum(len(t) for t in values["generated_ids"])
+                units_done += len(group)
+                if self.on_batch is not None:
+                    self.on_batch(shard, units_done, len(units), tokens, generated)
             if not examples and self._model_failures:
                 # Every row failed inside the model: systematic, not a bad row. Fail the shard
                 # so it is retried, and reported if it keeps failing.
@@ -301,6 +328,7 @@ class ShardRunner:
             writer.sha256,
             writer.size,
             check.summary(),
+            generated=generated,
         )
 
     def _reruns(self, units: list[list[Encoded]], rows: dict[Any, Row]) -> SelfCheck:

@@ -27,6 +27,7 @@ __all__ = [
     "load_model",
     "meta_safe",
     "pick_device",
+    "quiet_hf",
 ]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -64,6 +65,15 @@ def meta_safe(loaded: LoadedModel) -> Iterator[None]:
         yield
     finally:
         config.pad_token_id = pad
+
+
+def quiet_hf() -> None:
+    """No weight-loading progress bars and only HF's errors: on a normal run they are noise
+    between raysight's own progress lines (``raysight -v`` leaves them on)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def pick_device(requested: str) -> torch.device:
