@@ -49,6 +49,7 @@ def test_generated_tokens_and_failures():
     assert "32 generated" in lines[-1]
     p.shard_failed(1, "boom")
     assert warnings and "shard 1 FAILED: boom" in warnings[-1] and "1 failed" in warnings[-1]
+    assert warnings[-1].endswith("ETA -")  # a failed shard's rows are not still to come
 
 
 def _run_cli(args, tiny_dirs, tmp_path, capsys):

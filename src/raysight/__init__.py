@@ -38,6 +38,7 @@ __all__ = [
     "run",
     "session",
     "topk",
+    "validate",
     "zeros",
 ]
 
@@ -86,6 +87,29 @@ def plan(spec: Any, *, sample_rows: int = 10_000, allow_code: bool = False):
     from .engine.planning import plan as _plan
 
     return _plan(_as_spec(spec, allow_code), sample_rows)
+
+
+def validate(spec: Any, *, model: bool = True, allow_code: bool = False) -> list[str]:
+    """Every problem with a spec (a Spec, SpecBuilder, dict or path), ``[]`` when there is
+    none, as ``raysight validate`` reports them: the spec alone, then (``model``) each site
+    resolved and each value shaped on the meta-device model, with no weights loaded."""
+    from .engine.planning import plan as _plan
+    from .interleave.resolve import PlanError
+    from .models.loading import ModelLoadError
+
+    try:
+        parsed = _as_spec(spec, allow_code)
+    except SpecError as e:
+        return list(e.problems)
+    if not model:
+        return []
+    try:
+        _plan(parsed, 1000)
+    except PlanError as e:
+        return list(e.problems)
+    except (ModelLoadError, RaysightError) as e:  # no such model, an unreadable input...
+        return [str(e)]
+    return []
 
 
 def _as_spec(spec: Any, allow_code: bool) -> Spec:

@@ -252,7 +252,9 @@ def read_range(
         for name, where in keep:
             has, fields[name] = _field(rec, name)
             if not has and not problem:
-                problem = f"no field {name!r} ({where}.field)"
+                problem = (
+                    f"no field {name!r} ({where if where == 'data.keep' else where + '.field'})"
+                )
         if problem:
             errors.append(RowError(i, eid, problem))
         else:

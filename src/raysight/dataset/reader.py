@@ -317,6 +317,17 @@ class Dataset:
             as_tensors, batch_format="pyarrow", zero_copy_batch=True, fn_kwargs={"names": names}
         )
 
+    def __repr__(self) -> str:
+        done, n = len(self._shards), self.manifest.expected_shards
+        return f"raysight.Dataset({str(self.path)!r}: {done}/{n} shards, columns {self.columns})"
+
+    def _repr_html_(self) -> str:  # a notebook shows what `raysight inspect` prints
+        import html
+
+        from .verify import inspect
+
+        return f"<pre>{html.escape(inspect(self.path))}</pre>"
+
     def plot(self, out: str | Path | None = None, kind: str = "auto", **kw: Any):
         """The dataset's first plot (dataset/plot.py: grid, lens, top, norms or text, chosen
         from the manifest); written to ``out`` (.png, .svg, .pdf, .html) when given. Returns the

@@ -216,8 +216,14 @@ def min_tokens(spec: Spec, variant: int | None = None) -> int:
     return max([1, *(max(p + 1, -p) for p in pos)])
 
 
-def identity_fields(spec: Spec, kind: str, id_type: pa.DataType) -> list[pa.Field]:
+def identity_fields(
+    spec: Spec, kind: str, id_type: pa.DataType, keep_types: dict[str, pa.DataType] | None = None
+) -> list[pa.Field]:
     fields = [pa.field("example_id", id_type, nullable=False)]
+    for name in spec.data.keep:  # the input's own columns, right after its id
+        if keep_types is None or name not in keep_types:
+            raise PlanError([f"data.keep: no type for column {name!r} (plan with the input)"])
+        fields.append(pa.field(name, keep_types[name], nullable=True))
     if spec.data.chunk:
         fields.append(pa.field("offset", pa.int32(), nullable=False))
     if spec.sweep:
@@ -278,6 +284,7 @@ def make_plan(
     id_type: pa.DataType | None = None,
     loaded: LoadedModel | None = None,
     source: Any = None,
+    keep_types: dict[str, pa.DataType] | None = None,
 ) -> RunPlan:
     """Resolve and shape-check ``spec`` on the meta-device model; raises PlanError."""
     meta = loaded or load_model(spec.model, meta=True)
@@ -300,7 +307,7 @@ def make_plan(
             ]
         )
     cols = _columns(spec, meta, hooks, sample, max_length)
-    fields = identity_fields(spec, meta.kind, id_type or pa.int64())
+    fields = identity_fields(spec, meta.kind, id_type or pa.int64(), keep_types)
     schema = pa.schema([*fields, *value_fields(spec, cols)])
     arch = meta.names.architecture
     return RunPlan(spec, hooks, tree, cols, schema, meta.kind, arch, max_length, source)

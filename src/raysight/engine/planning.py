@@ -17,11 +17,12 @@ import pyarrow as pa
 from ..data.batching import tokenize
 from ..data.readers import id_type, input_source, read_range, tensor_sample, total_rows
 from ..data.sources import Source
+from ..interleave.resolve import PlanError
 from ..models.loading import LoadedModel, load_model
 from ..spec.models import Spec
 from ..spec.reduce import strings_name
 from ..spec.sweep import axis_values
-from ..spec.variants import token_fields
+from ..spec.variants import row_fields
 from .plan import RunPlan, make_plan
 
 __all__ = ["PLAN_SAMPLE", "PlanReport", "Prepared", "plan", "prepare"]
@@ -54,11 +55,35 @@ def prepare(
 ) -> Prepared:
     source = input_source(spec.data, base_dir)  # metadata only: the workers read the rows
     total = total_rows(spec.data, source)
-    rows, errors = read_range(spec.data, source, 0, min(total, sample_rows), token_fields(spec))
+    rows, errors = read_range(spec.data, source, 0, min(total, sample_rows), row_fields(spec))
     ids = id_type(rows)
     sample = tensor_sample(spec.data, rows)
-    plan_ = make_plan(spec, sample, pa.type_for_alias(ids), loaded=loaded, source=source)
+    kept = keep_types(spec, rows)
+    plan_ = make_plan(
+        spec, sample, pa.type_for_alias(ids), loaded=loaded, source=source, keep_types=kept
+    )
     return Prepared(plan_, source, total, ids, sample, rows, errors)
+
+
+def keep_types(spec: Spec, rows: list) -> dict[str, pa.DataType]:
+    """The Arrow type of each data.keep column, from the sampled rows' values (strings as
+    large_string; a column with no value among them as large_string too)."""
+    out: dict[str, pa.DataType] = {}
+    for name in spec.data.keep:
+        values = [r.fields[name] for r in rows if r.fields and name in r.fields]
+        try:
+            typ = pa.array(values).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise PlanError(
+                [
+                    f"data.keep: column {name!r} has values of different types in the first "
+                    f"{len(rows):,} rows ({e})"
+                ]
+            ) from None
+        if pa.types.is_null(typ) or pa.types.is_string(typ):
+            typ = pa.large_string()
+        out[name] = typ
+    return out
 
 
 @dataclass

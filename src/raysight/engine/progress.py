@@ -42,6 +42,7 @@ class Progress:
         self.t0 = self.last_line = clock()
         self.done_rows = self.done_tokens = self.done_generated = 0
         self.shards = self.failed = 0
+        self.lost = 0  # input rows of failed shards: no longer to come
         self.partial: dict[int, tuple[float, int, int]] = {}  # shard -> rows, tokens, generated
         self.finished: set[int] = set()
         self.steady: tuple[float, float, int] | None = None  # time, rows, tokens at 1st batch
@@ -84,6 +85,7 @@ class Progress:
         self.finished.add(shard)
         self.partial.pop(shard, None)
         self.failed += 1
+        self.lost += self.shard_rows.get(shard, 0)
         self._emit(f"shard {shard} FAILED: {reason}", warn=True)
 
     def tick(self) -> None:
@@ -118,17 +120,24 @@ class Progress:
             return None, None
         return (self.rows - rows) / dt, (self.tokens - tokens) / dt
 
-    def line(self) -> str:
-        elapsed = self.clock() - self.t0
+    def _parts(self, short: bool) -> tuple[str, str, str]:
+        """(shards, speed, ETA) as the log line (long) or the bar (short) words them."""
         row_rate, tok_rate = self.rates()
-        left = self.total_rows - self.rows
+        left = self.total_rows - self.lost - self.rows
         eta = _clock(left / row_rate) if row_rate and left > 0 else "-"
-        speed = f"{tok_rate:,.0f} tokens/s" if tok_rate is not None else "- tokens/s"
-        gen = f", {self.generated:,} generated" if self.generating else ""
+        unit = "tok/s" if short else "tokens/s"
+        speed = f"{tok_rate:,.0f} {unit}" if tok_rate is not None else f"- {unit}"
+        if self.generating:
+            speed += f", {self.generated:,} {'gen' if short else 'generated'}"
         failed = f", {self.failed} failed" if self.failed else ""
+        return f"{self.shards}/{self.total_shards} shards{failed}", speed, eta
+
+    def line(self) -> str:
+        shards, speed, eta = self._parts(short=False)
+        elapsed = _clock(self.clock() - self.t0)
         return (
-            f"[{self.shards}/{self.total_shards} shards{failed}] {self.rows:,.0f}/"
-            f"{self.total_rows:,} rows, {speed}{gen}, elapsed {_clock(elapsed)}, ETA {eta}"
+            f"[{shards}] {self.rows:,.0f}/{self.total_rows:,} rows, {speed}, "
+            f"elapsed {elapsed}, ETA {eta}"
         )
 
     # ------------------------------------------------------------ output
@@ -139,17 +148,9 @@ class Progress:
             self.tick()
 
     def _draw(self) -> None:
-        row_rate, tok_rate = self.rates()
-        left = self.total_rows - self.rows
-        eta = _clock(left / row_rate) if row_rate and left > 0 else "-"
-        speed = f"{tok_rate:,.0f} tok/s" if tok_rate is not None else "- tok/s"
-        gen = f", {self.generated:,} gen" if self.generating else ""
-        failed = f", {self.failed} failed" if self.failed else ""
+        shards, speed, eta = self._parts(short=True)
         self.bar.n = self.rows
-        self.bar.set_postfix_str(  # tqdm puts ", " before it
-            f"{self.shards}/{self.total_shards} shards{failed}, {speed}{gen}, ETA {eta}",
-            refresh=False,
-        )
+        self.bar.set_postfix_str(f"{shards}, {speed}, ETA {eta}", refresh=False)  # after ", "
         self.bar.refresh()
 
     def _emit(self, event: str, warn: bool = False) -> None:

@@ -28,12 +28,10 @@ from ..interleave.actions import SetAction
 from ..interleave.interleaver import Interleaver, OpError
 from ..models.loading import load_model, quiet_hf
 from ..spec.load import parse_spec
-from ..spec.reduce import strings_name
-from ..spec.variants import token_fields
-from ..writers.encode import encode_column
+from ..spec.variants import row_fields, token_fields
 from ..writers.shard import ShardWriter
-from ..writers.tokens import token_strings
 from .ids import id_keys
+from .output_rows import ShardError, record_batch
 from .plan import RunPlan, make_plan, min_tokens
 from .selfcheck import SelfCheck, SelfCheckError, pick
 
@@ -52,10 +50,6 @@ class ShardJob:
     @property
     def rows(self) -> int:
         return self.hi - self.lo
-
-
-class ShardError(RuntimeError):
-    """A shard that failed as a whole (every row raised inside the model)."""
 
 
 @dataclass
@@ -170,58 +164,8 @@ class ShardRunner:
 
     # -------------------------------------------------------------- output
     def _record_batch(self, batch: Batch, values: dict[str, Any]) -> pa.RecordBatch:
-        spec = self.spec
-        cols: dict[str, Any] = {}
-        ids = batch.example_ids
-        cols["variant"] = batch.variants
-        for axis in spec.sweep or {}:
-            cols[axis] = [spec.variants[v].values[axis] for v in batch.variants]
-            if pa.types.is_string(self.plan.schema.field(axis).type):
-                cols[axis] = [str(x) for x in cols[axis]]
-        if spec.data.pair:
-            cols["row"] = [spec.data.pair.fields[m] for m in batch.members]
-        if spec.data.chunk:
-            cols["offset"] = batch.offsets
-        if spec.output.layout == "per_token":
-            for name in ["offset", "variant", "row", *(spec.sweep or {})]:
-                if name in cols:
-                    cols[name] = [x for x, n in zip(cols[name], batch.lengths) for _ in range(n)]
-            cols["example_id"] = [eid for eid, n in zip(ids, batch.lengths) for _ in range(n)]
-            cols["position"] = [p for n in batch.lengths for p in range(n)]
-            cols["token_id"] = [t for toks in batch.token_ids or [] for t in toks]
-            if spec.output.include_text:
-                cols["text"] = [t for t, n in zip(batch.texts, batch.lengths) for _ in range(n)]
-        else:
-            cols["example_id"] = ids
-            if self.loaded.kind != "tensor":
-                cols["n_tokens"] = batch.lengths
-                cols["input_ids"] = batch.token_ids
-                if spec.output.include_text:
-                    cols["text"] = batch.texts
-            if spec.generate is not None:
-                new = [t.tolist() for t in values["generated_ids"]]
-                cols["n_generated"] = [len(t) for t in new]
-                cols["generated_ids"] = new
-                cols["generated_text"] = self.loaded.tokenizer.batch_decode(new)
-        schema = self.plan.schema
-        arrays = {f.name: pa.array(cols[f.name], type=f.type) for f in schema if f.name in cols}
-        for col in self.plan.columns:
-            data = values[col.name]
-            if col.variable and not torch.is_tensor(data):  # a row with no steps (stopped early)
-                empty = torch.empty((0, *col.shape[1:]), dtype=col.torch_dtype)
-                data = [r if r.numel() else empty for r in data]
-            if spec.output.layout == "per_token":
-                data = torch.cat(list(data)) if not torch.is_tensor(data) else data.flatten(0, 1)
-            arrays[col.name] = encode_column(col, data)
-            if col.vocab and spec.output.decode_tokens:
-                name = strings_name(col.name)
-                arrays[name] = token_strings(self.loaded.tokenizer, data, col.shape)
-        for f in schema:  # the identity ids' strings
-            decodes = (f.metadata or {}).get(b"raysight.decodes", b"").decode()
-            if f.name not in arrays and decodes in cols:
-                shape = () if decodes == "token_id" else (None,)
-                arrays[f.name] = token_strings(self.loaded.tokenizer, cols[decodes], shape)
-        return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
+        tok, kind = self.loaded.tokenizer, self.loaded.kind
+        return record_batch(self.spec, self.plan, tok, kind, self._rows, batch, values)
 
     # -------------------------------------------------------------- run
     def run_job(self, job: ShardJob, plan: RunPlan | None = None, board: Any = None) -> ShardResult:
@@ -237,7 +181,7 @@ class ShardRunner:
         t0 = time.perf_counter()
         id_kind = "string" if pa.types.is_string(self.plan.schema.field(0).type) else "int64"
         rows, bad = read_range(
-            self.spec.data, self.plan.source, job.lo, job.hi, token_fields(self.spec), id_kind
+            self.spec.data, self.plan.source, job.lo, job.hi, row_fields(self.spec), id_kind
         )
         read_errors = [(e.example_id, e.reason) for e in bad]
         result = self.run_shard(job.shard, rows, read_errors, time.perf_counter() - t0)
@@ -251,6 +195,7 @@ class ShardRunner:
         t0 = time.perf_counter() - read_seconds
         ex = self.spec.execution
         by_id = {r.example_id: r for r in rows}
+        self._rows = by_id  # data.keep values, for the record batches
         errors: list[tuple] = list(read_errors)
         self._stages = dict.fromkeys(STAGES, 0.0)
         self._stages["read"] = read_seconds

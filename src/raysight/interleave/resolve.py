@@ -70,7 +70,7 @@ class _Resolver:
         self.plan = HookPlan(tuple_outputs=dict(tree.tuple_outputs), pair_fields=list(pairs))
         self.source_uses: list[tuple[Target, str]] = []
         # identity columns (plan.identity_fields) and sweep axes: saves may not take their names
-        self.reserved = (*RESERVED, *(spec.sweep or {}))
+        self.reserved = (*RESERVED, *(spec.sweep or {}), *spec.data.keep)
         # a templated save's column is the same in every variant (spec.variants)
         self.column_of = {f"ops.{i}": name for i, name in variant.columns.items()}
 
@@ -340,7 +340,8 @@ class _Resolver:
                 if name in self.reserved:
                     self.fail(
                         s.where,
-                        f"column '{name}' is an identity column or sweep axis; pick another `as`",
+                        f"column '{name}' is an identity column, sweep axis or data.keep "
+                        "column; pick another `as`",
                     )
                 elif name in seen:
                     self.fail(

@@ -176,6 +176,18 @@ def _check_weights(spec: ModelSpec, path: str) -> None:
     )
 
 
+def _config_dtype(config: Any) -> torch.dtype:
+    """The checkpoint's dtype as its config records it (``dtype``, formerly ``torch_dtype``);
+    float32 where it records none."""
+    for key in ("dtype", "torch_dtype"):
+        value = getattr(config, key, None)
+        if isinstance(value, torch.dtype):
+            return value
+        if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype):
+            return getattr(torch, value)
+    return torch.float32
+
+
 def _model_class(config: Any) -> tuple[Any, str]:
     import transformers
 
@@ -197,21 +209,31 @@ def _from_hf(spec: ModelSpec, dev: torch.device, meta: bool):
         if path.startswith("bundled:"):
             path = resolve_bundled(path)
         kw = _hf_kwargs(spec)
+        if not Path(path).is_dir():  # a hub id: from the local cache only, never a download
+            kw["local_files_only"] = True
         config = AutoConfig.from_pretrained(path, **kw)
     except (OSError, ValueError, FileNotFoundError) as e:
+        if kw.get("local_files_only"):
+            raise ModelLoadError(
+                f"model.path {spec.path!r} is not a model directory, and not a hub id in the "
+                "local HF cache (HF_HUB_CACHE, default ~/.cache/huggingface/hub): raysight "
+                f"does not download at run time; fetch it first (huggingface-cli download "
+                f"{spec.path}) or give a directory"
+            ) from None
         raise ModelLoadError(f"model.path {spec.path!r}: cannot read a model config: {e}") from None
     _check_weights(spec, path)
     cls, kind = _model_class(config)
-    dtype = None if spec.dtype == "auto" else _DTYPES[spec.dtype]
+    # the same dtype on the meta model (planning) and the real one (running): "auto" is the
+    # checkpoint's own, read from its config, not whatever from_config would default to
+    dtype = _config_dtype(config) if spec.dtype == "auto" else _DTYPES[spec.dtype]
     if meta:
         if hasattr(config, "quantization_config"):
             delattr(config, "quantization_config")
         with torch.device("meta"):
             module = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-        if dtype is not None:
-            module = module.to(dtype)
+        module = module.to(dtype)
     else:
-        load_kw: dict[str, Any] = dict(kw, dtype=dtype or "auto")
+        load_kw: dict[str, Any] = dict(kw, dtype=dtype)
         if spec.device_map:
             load_kw["device_map"] = spec.device_map
         try:
@@ -223,6 +245,8 @@ def _from_hf(spec: ModelSpec, dev: torch.device, meta: bool):
     tok = None
     try:
         tok_kw = kw if spec.tokenizer is None else {"trust_remote_code": spec.trust_remote_code}
+        if spec.tokenizer is not None and not Path(spec.tokenizer).is_dir():
+            tok_kw = dict(tok_kw, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(spec.tokenizer or path, **tok_kw)
     except (OSError, ValueError) as e:
         raise ModelLoadError(

@@ -26,7 +26,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-from .load import dump_spec, parse_spec
+from .load import SpecError, dump_spec, parse_spec
 from .models import Spec
 from .sites import ATTRS, Slice, format_index
 from .sweep import PLACEHOLDER
@@ -92,25 +92,47 @@ class _Pending:
         self.mode, self.value = mode, value
 
 
+def _steps_text(steps: Any) -> int | str:
+    """Generation steps as a spec writes them: 2, "1:3", "::2" or "all" (a slice or a range
+    from Python)."""
+    if isinstance(steps, slice):
+        parts = ["" if v is None else str(v) for v in (steps.start, steps.stop, steps.step)]
+        return ":".join(parts[:2] if steps.step is None else parts)
+    if isinstance(steps, range):
+        return f"{steps.start}:{steps.stop}" + (f":{steps.step}" if steps.step != 1 else "")
+    if isinstance(steps, bool) or not isinstance(steps, (int, str)):
+        raise TypeError(f"steps={steps!r}: give an int, a slice, a range, 'all' or '1:3'")
+    return steps
+
+
 class _Recorder:
     def __init__(self, allowed: tuple[str, ...]):
         self.ops: list[dict[str, Any]] = []
         self.allowed = allowed
         self.backward: dict[str, Any] | None = None
+        self.steps: int | str | None = None  # inside `with t.iter[...]`: the ops' steps
 
     def add(self, op: dict[str, Any]) -> None:
         kind = next(iter(op))
         if kind not in self.allowed:
             raise TypeError(f"{kind} is not allowed here (only {', '.join(self.allowed)})")
+        if "steps" in op:
+            op["steps"] = _steps_text(op["steps"])
+        elif self.steps is not None and kind != "grad":
+            op["steps"] = self.steps
         self.ops.append(op)
 
-    def set(self, site: str, value: Any, positions: list[int] | None = None) -> None:
+    def set(
+        self, site: str, value: Any, positions: list[int] | None = None, steps: Any = None
+    ) -> None:
         mode = "replace"
         if isinstance(value, _Pending):
             mode, value = value.mode, value.value
         op: dict[str, Any] = {"set": site, "value": _value(value), "mode": mode}
         if positions is not None:
             op["positions"] = list(positions)
+        if steps is not None:
+            op["steps"] = steps
         self.add(op)
 
 
@@ -144,14 +166,17 @@ class ValueRef:
         apply: list[Any] | None = None,
         reduce: str | dict[str, int] | None = None,
         dtype: str | None = None,
+        steps: Any = None,
     ) -> ValueRef:
-        """Save this value (nnsight's ``.save()``), optionally through modules and a reduction."""
+        """Save this value (nnsight's ``.save()``), optionally through modules and a reduction;
+        ``steps`` under ``generate``: 2, slice(1, None), "all"..."""
         op: dict[str, Any] = {"save": self.site}
         for key, val in (
             ("as", name),
             ("positions", positions),
             ("reduce", reduce),
             ("dtype", dtype),
+            ("steps", steps),
         ):
             if val is not None:
                 op[key] = list(val) if key == "positions" else val
@@ -160,9 +185,17 @@ class ValueRef:
         self._rec.add(op)
         return self
 
-    def set(self, value: Any, *, mode: str = "replace", positions: list[int] | None = None) -> None:
+    def set(
+        self,
+        value: Any,
+        *,
+        mode: str = "replace",
+        positions: list[int] | None = None,
+        steps: Any = None,
+    ) -> None:
         """Write a value here; ``mode`` is replace, add or scale."""
-        self._rec.set(self.site, value if mode == "replace" else _Pending(mode, value), positions)
+        pending = value if mode == "replace" else _Pending(mode, value)
+        self._rec.set(self.site, pending, positions, steps)
 
     @property
     def grad(self) -> GradRef:
@@ -241,6 +274,8 @@ class ModuleRef:
             if not self.path:
                 raise AttributeError(f"the root has no .{name}; name a module first")
             return ValueRef(self._rec, f"{self.path}.{name}")
+        if name == "logits" and not self.path:  # the LM head's output, a value (spec: logits)
+            return ValueRef(self._rec, "logits")
         return self._child(name)
 
     def __getitem__(self, idx: int | str | slice) -> ModuleRef:
@@ -257,13 +292,15 @@ class ModuleRef:
             raise AttributeError(f"cannot set {name!r}; set .output, .input or .inputs")
         self._rec.set(f"{self.path}.{name}", value)
 
-    def skip(self, with_: Any = None) -> None:
+    def skip(self, with_: Any = None, *, steps: Any = None) -> None:
         """Do not run this module; its output is ``with_`` (default: its input, unchanged)."""
         op: dict[str, Any] = {"skip": self.path}
         if isinstance(with_, ValueRef):
             op["with"] = with_.site
         elif with_ is not None:
             op["with"] = _value(with_)
+        if steps is not None:
+            op["steps"] = steps
         self._rec.add(op)
 
     def __call__(self, *a: Any, **k: Any) -> Any:
@@ -276,7 +313,27 @@ class ModuleRef:
         return f"ModuleRef({self.path!r})"
 
 
+class _Steps:
+    """``with t.iter[1:]:`` (nnsight's tracer.iter): the ops recorded inside apply at those
+    generation steps."""
+
+    def __init__(self, rec: _Recorder):
+        self._rec = rec
+
+    @contextmanager
+    def __getitem__(self, steps: Any):
+        before, self._rec.steps = self._rec.steps, _steps_text(steps)
+        try:
+            yield
+        finally:
+            self._rec.steps = before
+
+
 class _Trace(ModuleRef):
+    @property
+    def iter(self) -> _Steps:
+        return _Steps(self._rec)
+
     @contextmanager
     def backward(self, loss: dict[str, Any]):
         """Declare the loss (``{"logprob": {"target": " Paris"}}``, ``{"sum": site}``…); grad
@@ -340,6 +397,7 @@ class SpecBuilder:
         self.output = {"path": output} if isinstance(output, str) else dict(output)
         self.execution = dict(execution or {})
         self._sweep: dict[str, Any] = {}
+        self._generate: dict[str, Any] | None = None
         self._ops = _Recorder(("save", "set", "skip", "cache", "grad"))
         self._edits = _Recorder(("set", "skip"))
 
@@ -350,6 +408,12 @@ class SpecBuilder:
                 self._sweep[name] = f"{values.start}:{values.stop}:{values.step}"
             else:
                 self._sweep[name] = list(values)
+        return self
+
+    def generate(self, max_new_tokens: int, **options: Any) -> SpecBuilder:
+        """Generate ``max_new_tokens`` per row (the ``generate:`` section: do_sample,
+        temperature, top_k, top_p, seed, stop...); ops take ``steps=`` or ``with t.iter[1:]:``."""
+        self._generate = {"max_new_tokens": max_new_tokens, **options}
         return self
 
     @contextmanager
@@ -372,6 +436,8 @@ class SpecBuilder:
         d: dict[str, Any] = {"version": 1, "model": self.model, "data": self.data}
         if self._sweep:
             d["sweep"] = dict(self._sweep)
+        if self._generate is not None:
+            d["generate"] = dict(self._generate)
         if self._edits.ops:
             d["edits"] = list(self._edits.ops)
         d["ops"] = list(self._ops.ops)
@@ -388,3 +454,18 @@ class SpecBuilder:
 
     def to_yaml(self) -> str:
         return dump_spec(self.spec())
+
+    def __repr__(self) -> str:
+        ops = len(self._ops.ops) + len(self._edits.ops)
+        return f"SpecBuilder(model={self.model}, {ops} op(s), output={self.output.get('path')!r})"
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the spec as YAML, or every problem it has (the spec alone; the
+        model's sites are checked by ``raysight.validate(b)`` and ``raysight.plan(b)``)."""
+        import html
+
+        try:
+            body = self.to_yaml()
+        except SpecError as e:
+            body = str(e)
+        return f"<pre>{html.escape(body)}</pre>"

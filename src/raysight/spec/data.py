@@ -78,6 +78,11 @@ class DataSpec(_Strict):
     (offset). Documents are never truncated; data.max_length does not apply."""
     pair: PairSpec | None = None
     """Run each record as a pair of rows (e.g. clean and corrupt prompts) for patching."""
+    keep: list[str] = []
+    """Input columns copied into the output, each row's value beside its example_id (per_token:
+    on each of its tokens; with data.chunk, on each window): labels for a probe, metadata to
+    filter on. The column type is inferred from the first rows read (as plan samples them); a
+    row without the column is a row error. Names may not be identity columns."""
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -112,4 +117,6 @@ class DataSpec(_Strict):
                 )
         if self.pair is not None and self.input_field is not None:
             raise ValueError("data.pair runs text prompts; it cannot be used with data.input_field")
+        if len(set(self.keep)) != len(self.keep):
+            raise ValueError("data.keep names a column twice")
         return self

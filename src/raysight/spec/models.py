@@ -68,7 +68,9 @@ __all__ = [
 # ----------------------------------------------------------------------------- model / data
 class ModelSpec(_Strict):
     path: PathText | None = None
-    """HF model directory (or hub id, where a hub is reachable) to load with transformers."""
+    """HF model directory, or a hub id (`org/name`) already in the local HF cache (HF_HUB_CACHE,
+    default ~/.cache/huggingface/hub): raysight never downloads at run time, so every actor
+    loads the same files; fetch first with `huggingface-cli download org/name`."""
     gguf_file: str | None = None
     """A GGUF file inside `path` to load (needs the `gguf` package)."""
     factory: str | None = None
@@ -79,8 +81,9 @@ class ModelSpec(_Strict):
     """Keyword arguments for `factory` (JSON values only)."""
     tokenizer: PathText | None = None
     """Tokenizer directory; defaults to `path`."""
-    dtype: Literal["float32", "float16", "bfloat16", "auto"] = "float32"
-    """Dtype the weights are loaded in."""
+    dtype: Literal["float32", "float16", "bfloat16", "auto"] = "auto"
+    """Dtype the weights are loaded in; auto: the checkpoint's own (its config's dtype), as HF
+    loads it."""
     device: str = "auto"
     """'auto' (CUDA when the actor has a GPU, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps', 'xpu'."""
     device_map: str | None = None
@@ -299,6 +302,7 @@ class Spec(_Strict):
         if self.backward is not None and not grads:
             problems.append("backward: no grad op uses the loss; add a `grad:` op")
         problems += self._generation_problems()
+        problems += self._keep_problems()
         if self.data.input_field and any(
             getattr(op, "positions", None) for op in [*self.ops, *self.edits]
         ):
@@ -335,6 +339,20 @@ class Spec(_Strict):
                     out.append(
                         f"{where}.from.row: {row!r} is not one of data.pair.fields {pair.fields}"
                     )
+        return out
+
+    def _keep_problems(self) -> list[str]:
+        from .variants import RESERVED
+
+        taken = {*RESERVED, *(self.sweep or {})}
+        out = [
+            f"data.keep: {name!r} is an identity column or sweep axis of the output; it cannot "
+            "be copied under that name"
+            for name in self.data.keep
+            if name in taken
+        ]
+        if self.data.keep and self.data.input_field:
+            out.append("data.keep: rows of data.input_field tensors carry no other columns")
         return out
 
     def _generation_problems(self) -> list[str]:

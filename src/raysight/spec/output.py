@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ._base import PathText, _Strict
 
@@ -25,6 +25,10 @@ class OutputSpec(_Strict):
     several times faster to write as Parquet for float16. bfloat16 is always stored as bytes."""
     include_text: bool = False
     """Add a `text` column with the prompt."""
+    special_tokens: Literal["keep", "drop"] = "keep"
+    """per_token: `drop` leaves out the rows of the tokenizer's special tokens (BOS, EOS...),
+    so only text tokens are written, as SAE training data usually wants; `position` still
+    counts them (a row's first text token after a BOS is position 1)."""
     decode_tokens: bool = True
     """Beside every column of token ids, a column of the tokens as text, each decoded alone
     (" Paris"): `input_tokens` (per_token: `token`), `generated_tokens`, and `<as>_tokens` for
@@ -33,6 +37,14 @@ class OutputSpec(_Strict):
     """Compression codec; float activations barely compress, so none is fastest."""
     row_group_bytes: int = Field(128 * 2**20, ge=2**16)
     """Target row-group (Parquet) / record-batch (Arrow) size in bytes."""
+
+    @model_validator(mode="after")
+    def _per_token_only(self) -> OutputSpec:
+        if self.special_tokens == "drop" and self.layout != "per_token":
+            raise ValueError(
+                "output.special_tokens: drop removes token rows; it needs layout per_token"
+            )
+        return self
 
 
 class ExecutionSpec(_Strict):

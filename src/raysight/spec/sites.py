@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 ATTRS = ("output", "input", "inputs")
-_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|\d+|\*|-?\d*:-?\d*(?::[1-9]\d*)?)$")
+_PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|-?\d+|\*|-?\d*:-?\d*(?::[1-9]\d*)?)$")
 
 
 class SiteError(ValueError):
@@ -87,7 +87,8 @@ def _split(text: str, what: str) -> tuple[str, str]:
         if not _PART.match(part):
             raise SiteError(
                 f"{what} {text!r}: bad path part {part!r} "
-                "(expected a name, an integer, '*' or a range like '2:6' or '0:12:4')"
+                "(expected a name, an integer (-1 is the last), '*' or a range like '2:6' or "
+                "'0:12:4')"
             )
     return head, tail
 
@@ -193,6 +194,10 @@ def expand_module_pattern(pattern: str, children: dict[str, list[str]]) -> list[
                 numeric = [k for k in kids if k.isdigit()]
                 span = range(len(numeric))[slice(*bounds)]
                 chosen = [str(i) for i in span if str(i) in kids]
+            elif part.startswith("-"):  # from the end, as Python indexes: -1 is the last
+                numeric = [k for k in kids if k.isdigit()]
+                i = len(numeric) + int(part)
+                chosen = [str(i)] if 0 <= i < len(numeric) and str(i) in kids else []
             else:
                 chosen = [part] if part in kids else []
             nxt += [f"{base}.{k}" if base else k for k in chosen]
@@ -208,7 +213,7 @@ def _no_match(base: str, part: str, kids: list[str]) -> str:
     numeric = [k for k in kids if k.isdigit()]
     if not kids:
         return f"no module '{full}' ({where} has no child modules)"
-    if numeric and (part.isdigit() or ":" in part):
+    if numeric and (part.lstrip("-").isdigit() or ":" in part):
         return f"no module '{full}' (model has {base}.0–{len(numeric) - 1})"
     close = difflib.get_close_matches(part, kids, n=3, cutoff=0.5)
     if close:

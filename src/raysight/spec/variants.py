@@ -17,7 +17,7 @@ from .sweep import (
     points,
 )
 
-__all__ = ["RESERVED", "expand", "site_key", "token_fields"]
+__all__ = ["RESERVED", "expand", "row_fields", "site_key", "token_fields"]
 
 #: identity columns of a dataset: saves and sweep axes may not take their names
 RESERVED = (
@@ -153,3 +153,10 @@ def token_fields(spec: Any) -> list[tuple[str, str]]:
                 if item and item not in out:
                     out.append(item)
     return out
+
+
+def row_fields(spec: Any) -> list[tuple[str, str]]:
+    """(data column, where it is asked for) for every column read per row besides the text:
+    the tokens of :func:`token_fields`, then the columns of ``data.keep``."""
+    out = token_fields(spec)
+    return out + [(name, "data.keep") for name in spec.data.keep if (name, "data.keep") not in out]
