@@ -231,6 +231,26 @@ def test_yaml_dates_stay_text_and_overrides_are_checked_too(tiny_dirs, tmp_path)
     assert rc == 2 and "data.prompts" in err  # taken as text: not a list of prompts
 
 
+def test_yaml_base_60_numbers_stay_ranges(tiny_dirs, tmp_path):
+    """YAML 1.1 reads an unquoted 1:3 as 63 (base 60); a spec means the range."""
+    from raysight.spec.plain import load_yaml
+
+    assert yaml.safe_load("a: 1:3") == {"a": 63}  # what plain PyYAML does
+    assert load_yaml("a: 1:3\nb: 2:10\nc: 1:30.5\nd: 12\ne: 1.5") == {
+        "a": "1:3",
+        "b": "2:10",
+        "c": "1:30.5",
+        "d": 12,
+        "e": 1.5,
+    }
+    spec = make_spec(tiny_dirs["gpt2"], tmp_path / "o", [{"save": "layers.{layer}.output"}])
+    text = yaml.safe_dump({**spec, "sweep": {"layer": "LAYERS"}}).replace("LAYERS", "1:3")
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    assert [v.values["layer"] for v in raysight.load_spec(p).variants] == [1, 2]
+    assert cli("validate", str(p), "--set", "sweep.layer=2:3")[0] == 0  # not 123
+
+
 def test_python_values_that_are_not_json_are_named(tiny_dirs):
     import datetime
 

@@ -5,7 +5,8 @@ and nulls. YAML can say more than that, and each extra is a way to hurt or confu
 
 - a key given twice (PyYAML and ``json`` keep the last one, silently);
 - ``!!binary``, ``!!set``, ``!!omap``, ``!!pairs`` values, which JSON cannot write back
-  (timestamps stay the text they were written as, as in YAML 1.2 and JSON);
+  (timestamps stay the text they were written as, as in YAML 1.2 and JSON; so do YAML 1.1's
+  base-60 numbers: ``steps: 1:3`` is the range "1:3", not the integer 63);
 - ``.nan`` / ``.inf``, which no JSON file can hold;
 - nesting so deep that the parser recurses out of its stack;
 - aliases that expand a 1 KB file into billions of nodes ("billion laughs").
@@ -108,7 +109,14 @@ class _SpecLoader(yaml.SafeLoader):
                     )
         return super().construct_mapping(node, deep=deep)
 
-    def construct_yaml_float(self, node: yaml.Node) -> float:
+    def construct_yaml_int(self, node: yaml.Node) -> Any:
+        if ":" in node.value:  # YAML 1.1's base 60 (1:30 is 90); in a spec it is a range
+            return self.construct_yaml_str(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.Node) -> Any:
+        if ":" in node.value:  # base 60 too (1:30.5)
+            return self.construct_yaml_str(node)
         value = super().construct_yaml_float(node)
         if not math.isfinite(value):
             raise ConstructorError(
@@ -127,6 +135,7 @@ class _SpecLoader(yaml.SafeLoader):
         )
 
 
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _SpecLoader.construct_yaml_int)
 _SpecLoader.add_constructor("tag:yaml.org,2002:float", _SpecLoader.construct_yaml_float)
 _SpecLoader.add_constructor("tag:yaml.org,2002:timestamp", _SpecLoader.construct_yaml_str)
 for _tag in ("binary", "set", "omap", "pairs"):
