@@ -162,17 +162,18 @@ def _grid(ds: Any, **_: Any) -> Chart:
     return Chart("grid", fig, panels)
 
 
-def _lens(ds: Any, row: Any = None, rows: int = 8, **_: Any) -> Chart:
+def _lens(ds: Any, row: Any = None, rows: int = 8, max_rows: int = 10_000, **_: Any) -> Chart:
     groups = _lens_groups(ds)
     if not groups:
         raise PlotError(f"{ds.path}: a logit lens needs token ids at several layers; {_has(ds)}")
     base, layers = next(iter(groups.items()))
-    ids = ds.table(["example_id"]).column(0).to_pylist()
+    n = min(ds.num_rows, max_rows)  # the prompts shown are chosen among the first rows
+    ids = _head(ds, ["example_id"], n)
     per_layer = []  # (values, strings) per layer: each row's [positions, k] and nested strings
     for _layer, name in layers:
-        vals = ds.to_torch(name.removesuffix("_ids") + "_values")
+        vals = ds.to_torch(name.removesuffix("_ids") + "_values", rows=range(0, n))
         vals = [np.asarray(v, dtype=float).reshape(-1, np.shape(v)[-1]) for v in vals]
-        per_layer.append((vals, ds.table([strings_name(name)]).column(0).to_pylist()))
+        per_layer.append((vals, _head(ds, [strings_name(name)], n)))
     if all(len(v) == 1 for v in per_layer[0][0]):  # one position per prompt: layers x prompts
         cells = [(i, 0) for i in sorted(range(len(ids)), key=lambda i: str(ids[i]))[:rows]]
         xlabels = _prompt_labels(ds, ids, [i for i, _ in cells])
@@ -209,26 +210,27 @@ def _nest(strings: Any) -> list:
 def _position_labels(ds: Any, k: int, n: int) -> list[str]:
     """The tokens at a row's positions, where the dataset has every input token."""
     if "input_tokens" in ds.schema.names:
-        tokens = ds.table(["input_tokens"]).column(0).to_pylist()[k]
+        tokens = _head(ds, ["input_tokens"], k + 1)[k]
         if len(tokens) == n:
             return [t.replace("\n", "\\n") for t in tokens]
     return [str(p) for p in range(n)]
 
 
-def _top(ds: Any, rows: int = 8, **_: Any) -> Chart:
+def _top(ds: Any, rows: int = 8, max_rows: int = 10_000, **_: Any) -> Chart:
     cols = _vocab(ds)
     if not cols:
         raise PlotError(f"{ds.path}: no column of token ids; {_has(ds)}")
     name = cols[0]["name"]
-    ids = ds.table(["example_id"]).column(0).to_pylist()
+    n = min(ds.num_rows, max_rows)  # the prompts shown are chosen among the first rows
+    ids = _head(ds, ["example_id"], n)
     keep = sorted(range(len(ids)), key=lambda i: str(ids[i]))[:rows]
-    strings = ds.table([strings_name(name)]).column(0).to_pylist()
+    strings = _head(ds, [strings_name(name)], n)
     tokens = [_flat_strings(strings[i]) for i in keep]
     k = max(len(t) for t in tokens)
     values = np.zeros((len(keep), k))
     partner = name.removesuffix("_ids") + "_values"
     if name.endswith("_ids") and partner in ds.columns:
-        vals = ds.to_torch(partner)
+        vals = ds.to_torch(partner, rows=range(0, n))
         for j, i in enumerate(keep):
             row = np.asarray(vals[i], dtype=float).reshape(-1)[:k]
             values[j, : len(row)] = row
@@ -294,7 +296,12 @@ def _text(ds: Any, rows: int = 8, **_: Any) -> Chart:
     if "generated_text" not in ds.schema.names:
         raise PlotError(f"{ds.path}: no generated text; {_has(ds)}")
     names = [n for n in ("example_id", "row", "generated_text") if n in ds.schema.names]
-    t = ds.table(names).slice(0, rows).to_pylist()
+    import pyarrow as pa
+
+    t = pa.Table.from_batches(
+        list(ds.iter_batches(names, rows=range(0, rows))), ds.schema_of(names)
+    )
+    t = t.to_pylist()
     cells = [
         [str(r.get("example_id")), str(r.get("row", "")), repr(r["generated_text"])] for r in t
     ]
@@ -369,8 +376,17 @@ def _prompt_labels(ds: Any, ids: list, keep: list[int]) -> list[str]:
     """Each kept row's id, and the end of its prompt where the dataset has its tokens."""
     if "input_tokens" not in ds.schema.names:
         return [str(ids[i]) for i in keep]
-    tokens = ds.table(["input_tokens"]).column(0).to_pylist()
+    tokens = _head(ds, ["input_tokens"], max(keep) + 1) if keep else []
     return [f"{ids[i]}: …" + "".join(tokens[i][-3:]).replace("\n", "\\n") for i in keep]
+
+
+def _head(ds: Any, columns: list[str], n: int) -> list:
+    """The first ``n`` rows of one column, as Python values (read batch by batch: a plot of
+    the first rows never loads a whole column)."""
+    import pyarrow as pa
+
+    batches = list(ds.iter_batches(columns, rows=range(0, n)))
+    return pa.Table.from_batches(batches, ds.schema_of(columns)).column(0).to_pylist()
 
 
 def _has(ds: Any) -> str:
