@@ -58,7 +58,7 @@ def test_unknown_module_suggests_what_exists(tiny_dirs, tmp_path, capsys):
     rc, _, err = cli(capsys, "validate", write(tmp_path, spec))
     assert rc == 2
     assert "ops.0.save: no module 'transformer.h.50' (model has transformer.h.0–2)" in err
-    assert "ops.1.save: no module 'transformer.h.1.mpl'; did you mean 'mlp'?" in err
+    assert "ops.1.save: no module 'layers.1.mpl'; did you mean 'layers.1.mlp'?" in err
     assert "did you mean 'h'?" in err
     assert "ops.3.skip: no module 'transformer.h.9'" in err
     assert "4 problems" in err
@@ -70,7 +70,7 @@ def test_out_of_range_index_and_missing_standard_name(tiny_dirs, tmp_path, capsy
     assert rc == 2 and "ops.0" in err and "99" in err
     spec = make_spec(tiny_dirs["bert"], tmp_path / "o", [{"save": "layers.0.mlp.output"}])
     rc, _, err = cli(capsys, "validate", write(tmp_path, spec, "b.yaml"))
-    assert rc == 2 and "has no standard 'mlp' module; use a raw module path" in err
+    assert rc == 2 and "has no standard 'mlp' module (in 'layers.0.mlp'); use a raw" in err
 
 
 def test_pickled_tensor_file_is_refused(tiny_dirs, tmp_path, capsys):

@@ -70,7 +70,18 @@ def test_version_and_help_name_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for command in ("run", "validate", "plan", "submit", "verify", "inspect", "plot", "schema"):
+    commands = (
+        "run",
+        "validate",
+        "plan",
+        "submit",
+        "verify",
+        "inspect",
+        "plot",
+        "export",
+        "examples",
+    )
+    for command in (*commands, "schema"):
         assert f"    {command} " in text, command
     first = text.split("\n\n")[1]  # the description names them all too
-    assert all(c in first for c in ("run", "submit", "verify", "inspect", "plot", "schema")), first
+    assert all(c in first for c in (*commands, "schema")), first

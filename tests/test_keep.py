@@ -88,9 +88,9 @@ def test_per_token_rows_of_special_tokens_can_be_dropped(tiny_dirs, tiny_models,
 
     model, tok = tiny_models["llama"]  # its tokenizer puts <s> first
     ops = [{"save": "layers.0.output", "as": "h"}]
-    out = {"layout": "per_token", "special_tokens": "drop"}
+    out = {"layout": "per_token", "special_tokens": "drop", "include_text": True}
     ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, output=out))
-    t = ds.table(["example_id", "position", "token_id", "token"])
+    t = ds.table(["example_id", "position", "token_id", "token", "text"])
     assert "<s>" not in t.column("token").to_pylist()
     assert tok.bos_token_id not in t.column("token_id").to_pylist()
     rows = t.to_pylist()
@@ -98,6 +98,8 @@ def test_per_token_rows_of_special_tokens_can_be_dropped(tiny_dirs, tiny_models,
     for i, prompt in enumerate(PROMPTS):
         mine = [k for k, r in enumerate(rows) if r["example_id"] == i]
         assert sorted(rows[k]["position"] for k in mine) == list(range(1, len(prompt) + 1))
+        # the text on the first row written (position 1: the BOS row was dropped)
+        assert [rows[k]["text"] for k in mine] == [prompt] + [None] * (len(mine) - 1)
         cap, _ = alone(model, tok, prompt, capture={"h": "model.layers.0"})
         ref = first(cap["h"])[0]  # [1 + len(prompt), hidden]: BOS first
         for k in mine:

@@ -52,6 +52,31 @@ def test_generated_tokens_and_failures():
     assert warnings[-1].endswith("ETA -")  # a failed shard's rows are not still to come
 
 
+class Bar:  # the tqdm calls Progress makes, recorded
+    n, postfix = 0, ""
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfix = text
+
+    def refresh(self):
+        pass
+
+
+def test_start_up_says_what_it_is_doing_until_the_first_batch():
+    lines = []
+    p = Progress({0: 10, 1: 10}, lines.append, clock=Clock())
+    p.stage("loading the model in 2 actor(s)")  # off a terminal: a line
+    assert lines == ["  loading the model in 2 actor(s)"]
+    p.bar = bar = Bar()
+    p.stage("loading the model in 2 actor(s)")
+    assert bar.postfix == "0/2 shards, loading the model in 2 actor(s)…"
+    p.batch(1, 0, 5, 0, 0)  # a replica began shard 1: its model is loaded
+    assert bar.postfix == "0/2 shards, 1 shard(s) begun, running the first batch…"
+    assert p.rows == 0 and p.steady is None  # no rows yet, and the rates start later
+    p.batch(1, 1, 5, 100, 0)
+    assert bar.n == 2 and bar.postfix == "0/2 shards, - tok/s, ETA -"
+
+
 def _run_cli(args, tiny_dirs, tmp_path, capsys):
     import yaml
 

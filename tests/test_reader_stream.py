@@ -57,6 +57,8 @@ def test_batches_of_columns_rows_and_filters_are_slices_of_the_files(dataset):
         list(ds.iter_batches(["example_id"], rows=range(0, 2), filter=expr))
     )
     assert first_two.column(0).to_pylist() == got.column("example_id").to_pylist()[:2]
+    some = ds.table(["example_id"], rows=range(8, 20))  # crosses shards of 7 rows
+    assert some.column(0).to_pylist() == whole["example_id"].to_pylist()[8:20]
 
 
 def test_torch_batches_and_to_torch_agree_with_the_files(dataset):

@@ -166,7 +166,10 @@ def test_per_token_layout_drops_padding_and_matches_per_sequence(tiny_dirs, tiny
     for r in range(t.num_rows):
         torch.testing.assert_close(vals[r], per_seq[ids[r]][pos[r]], atol=1e-6, rtol=0)
         assert tid[r] == tok(PROMPTS[ids[r]])["input_ids"][pos[r]]
-    assert t.column("text").to_pylist()[0] == PROMPTS[ids[0]]
+    # the prompt once per example, on its first row (position 0), not on every token row
+    text = t.column("text").to_pylist()
+    for r in range(t.num_rows):
+        assert text[r] == (PROMPTS[ids[r]] if pos[r] == 0 else None)
 
 
 def test_plain_readers_understand_the_files(tiny_dirs, run_spec):

@@ -1,4 +1,5 @@
-"""The ``raysight`` command: run, validate, plan, submit, verify, inspect, plot, schema.
+"""The ``raysight`` command: run, validate, plan, submit, verify, inspect, plot, export, modules,
+examples, schema.
 
 Precedence: defaults < spec file < ``--set a.b=value``. Expected failures (a bad spec, a bad
 output path, a model that cannot load) print a clear message and exit 2, without a traceback.
@@ -39,7 +40,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="raysight", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="raysight", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--version",
         action="version",
@@ -111,6 +112,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--row", help="the example_id a per-position plot shows (default: the first)")
     p.add_argument("--rows", type=int, default=8, help="prompts shown side by side (default 8)")
+    p = command("export", help="write a dataset's column in another tool's layout (SAELens)")
+    p.add_argument("format", choices=["saelens"], help="saelens: its cached-activations layout")
+    p.add_argument("path", help="output directory (or s3:// URI) of a run")
+    p.add_argument("dest", help="new directory to write (SAELens' cached_activations_path)")
+    p.add_argument("--column", required=True, help="the saved column of per-token activations")
+    p.add_argument(
+        "--hook-name",
+        help="the column's name there (SAELens' hook_name; default: the column's name)",
+    )
+    p.add_argument(
+        "--context-size",
+        type=int,
+        help="tokens per context (default: the window size of a data.chunk run with "
+        "last: drop; needed for per-token and other variable-length columns)",
+    )
+    p.add_argument(
+        "--no-token-ids",
+        action="store_true",
+        help="leave out token_ids (needed when the column saved only some positions)",
+    )
+    p = command("modules", help="print a model's module tree, standardized names and shapes")
+    p.add_argument("model", help="model.path: a directory, bundled:NAME, or a hub id in the cache")
+    p.add_argument("--tokens", type=int, default=8, help="prompt length for the shapes (default 8)")
+    p = command("examples", help="list the example specs, print one, or copy them to run")
+    p.add_argument("names", nargs="*", metavar="NAME", help="examples to print (or to copy)")
+    p.add_argument(
+        "--copy",
+        metavar="DIR",
+        help="copy the examples (default: all) and their data files to DIR/specs; then, in "
+        "DIR: raysight run specs/NAME.yaml",
+    )
+    p.add_argument("--force", action="store_true", help="with --copy: overwrite changed files")
     p = command("schema", help="print the spec's JSON Schema")
     p.add_argument("--indent", type=int, default=2)
     return ap
@@ -141,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(Spec.model_json_schema(by_alias=True), indent=args.indent))
         return 0
-    if args.command in ("verify", "inspect", "plot"):
+    if args.command in ("verify", "inspect", "plot", "export"):
         return _dataset_command(args)
+    if args.command == "examples":
+        return _examples(args)
+    if args.command == "modules":
+        return _modules(args)
     from .engine.signals import Interrupted
 
     try:
@@ -164,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
 def _dataset_command(args: argparse.Namespace) -> int:
     from .dataset.verify import inspect, verify
 
-    if args.command in ("inspect", "plot"):
+    if args.command in ("inspect", "plot", "export"):
+        show = {"inspect": lambda a: inspect(a.path), "plot": _plot, "export": _export}
         try:
-            print(inspect(args.path) if args.command == "inspect" else _plot(args))
+            print(show[args.command](args))
         except (FileNotFoundError, OSError, RaysightError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -179,6 +217,74 @@ def _dataset_command(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.path}: OK — every shard done, rows match the manifest, no duplicates or orphans")
     return 0
+
+
+def _modules(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from .spec.models import ModelSpec
+
+    try:
+        model = ModelSpec(path=args.model)
+    except ValidationError as e:
+        print(f"error: model {args.model!r}: {e.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    try:
+        from .interleave.describe import describe_modules
+        from .models.loading import load_model, quiet_hf
+
+        if args.verbosity < 1:
+            quiet_hf()
+        print(describe_modules(load_model(model, meta=True), max(1, args.tokens)))
+    except (OSError, RaysightError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _examples(args: argparse.Namespace) -> int:
+    from .spec.examples import copy_examples, examples
+
+    try:
+        if args.copy:
+            written = copy_examples(args.copy, args.names, force=args.force)
+            print(f"{len(written)} file(s) written to {args.copy}/specs (unchanged ones skipped)")
+            first = (args.names or ["quickstart"])[0].removesuffix(".yaml")
+            print(f"then: cd {args.copy} && raysight run specs/{first}.yaml")
+            return 0
+        known = {e.name: e for e in examples()}
+        if not args.names:
+            for e in known.values():
+                print(f"{e.name:<24} {e.summary}")
+            print("\nraysight examples NAME prints one; --copy DIR copies them to run")
+            return 0
+        wanted = [n.removesuffix(".yaml") for n in args.names]
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise RaysightError(
+                f"no example {', '.join(map(repr, unknown))}; the examples are {', '.join(known)}"
+            )
+        for name in wanted:
+            print(known[name].text, end="")
+        return 0
+    except (OSError, RaysightError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _export(args: argparse.Namespace) -> str:
+    from .dataset.export import export_saelens
+
+    return str(
+        export_saelens(
+            args.path,
+            args.dest,
+            args.column,
+            hook_name=args.hook_name,
+            context_size=args.context_size,
+            token_ids=not args.no_token_ids,
+        )
+    )
 
 
 def _plot(args: argparse.Namespace) -> str:
@@ -235,6 +341,10 @@ def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
         print(
             f"size: ~{_human(info.bytes_per_row)} per row, ~{_human(info.estimated_bytes)} in all"
         )
+        if info.skipped:
+            print(f"left out ({len(info.skipped)}):")
+            for line in info.skipped:
+                print(f"  {line}")
         print("schema:\n  " + info.schema.replace("\n", "\n  "))
         return 0
     if args.command == "submit":

@@ -296,12 +296,7 @@ def _text(ds: Any, rows: int = 8, **_: Any) -> Chart:
     if "generated_text" not in ds.schema.names:
         raise PlotError(f"{ds.path}: no generated text; {_has(ds)}")
     names = [n for n in ("example_id", "row", "generated_text") if n in ds.schema.names]
-    import pyarrow as pa
-
-    t = pa.Table.from_batches(
-        list(ds.iter_batches(names, rows=range(0, rows))), ds.schema_of(names)
-    )
-    t = t.to_pylist()
+    t = ds.table(names, rows=range(0, rows)).to_pylist()
     cells = [
         [str(r.get("example_id")), str(r.get("row", "")), repr(r["generated_text"])] for r in t
     ]
@@ -383,10 +378,7 @@ def _prompt_labels(ds: Any, ids: list, keep: list[int]) -> list[str]:
 def _head(ds: Any, columns: list[str], n: int) -> list:
     """The first ``n`` rows of one column, as Python values (read batch by batch: a plot of
     the first rows never loads a whole column)."""
-    import pyarrow as pa
-
-    batches = list(ds.iter_batches(columns, rows=range(0, n)))
-    return pa.Table.from_batches(batches, ds.schema_of(columns)).column(0).to_pylist()
+    return ds.table(columns, rows=range(0, n)).column(0).to_pylist()
 
 
 def _has(ds: Any) -> str:

@@ -155,12 +155,14 @@ class Dataset:
         self,
         columns: list[str] | None = None,
         filter: Any = None,
+        rows: range | slice | None = None,
     ) -> pa.Table:
-        """The dataset (or ``columns``, or the rows passing ``filter``) as one pyarrow table."""
+        """The dataset (or ``columns``, or the rows passing ``filter``, or a ``rows`` range of
+        them) as one pyarrow table; a range reads only the shards it covers."""
         if not self._shards:
             raise FileNotFoundError(f"{self.path} has no finished data files yet")
         cols = self._checked(columns)
-        batches = list(self.iter_batches(cols, filter=filter))
+        batches = list(self.iter_batches(cols, rows=rows, filter=filter))
         return pa.Table.from_batches(batches, schema=self.schema_of(cols))
 
     def to_torch(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from ..data.batching import Batch
@@ -16,7 +16,7 @@ from ..writers.encode import encode_column
 from ..writers.tokens import token_strings
 from .plan import RunPlan
 
-__all__ = ["ShardError", "record_batch"]
+__all__ = ["ShardError", "record_batch", "special_ids"]
 
 
 class ShardError(RuntimeError):
@@ -24,12 +24,26 @@ class ShardError(RuntimeError):
     value does not fit its column's type)."""
 
 
+def special_ids(tokenizer: Any) -> np.ndarray:
+    """The tokenizer's special token ids (computed once per worker, not per batch)."""
+    return np.array(sorted(tokenizer.all_special_ids), dtype=np.int64)
+
+
 def record_batch(
-    spec: Spec, plan: RunPlan, tokenizer: Any, kind: str, rows: dict, batch: Batch, values: dict
+    spec: Spec,
+    plan: RunPlan,
+    tokenizer: Any,
+    kind: str,
+    rows: dict,
+    batch: Batch,
+    values: dict,
+    special: np.ndarray | None = None,
 ) -> pa.RecordBatch:
     """One batch's output rows: the identity columns, the kept input columns, the saved values
-    and the decoded tokens, in the plan's schema (per_token: a row per real token)."""
+    and the decoded tokens, in the plan's schema (per_token: a row per real token, less the
+    ``special`` ids' rows under ``output.special_tokens: drop``)."""
     cols: dict[str, Any] = {}
+    kept = None  # per_token: which token rows are written
     ids = batch.example_ids
     cols["variant"] = batch.variants
     for name in spec.data.keep:  # the input row's own value (the same for its windows)
@@ -49,8 +63,10 @@ def record_batch(
         cols["example_id"] = [eid for eid, n in zip(ids, batch.lengths) for _ in range(n)]
         cols["position"] = [p for n in batch.lengths for p in range(n)]
         cols["token_id"] = [t for toks in batch.token_ids or [] for t in toks]
+        if spec.output.special_tokens == "drop":
+            kept = ~np.isin(np.asarray(cols["token_id"], dtype=np.int64), special)
         if spec.output.include_text:
-            cols["text"] = [t for t, n in zip(batch.texts, batch.lengths) for _ in range(n)]
+            cols["text"] = _first_row_text(batch, kept)
     else:
         cols["example_id"] = ids
         if kind != "tensor":
@@ -93,7 +109,18 @@ def record_batch(
             shape = () if decodes == "token_id" else (None,)
             arrays[f.name] = token_strings(tokenizer, cols[decodes], shape)
     record = pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
-    if spec.output.special_tokens == "drop":  # per_token: only the text tokens' rows
-        special = pa.array(sorted(tokenizer.all_special_ids), pa.int32())
-        record = record.filter(pc.invert(pc.is_in(record.column("token_id"), special)))
+    if kept is not None:  # per_token: only the text tokens' rows
+        record = record.filter(pa.array(kept))
     return record
+
+
+def _first_row_text(batch: Batch, kept: np.ndarray | None) -> list[str | None]:
+    """per_token `text`: each sequence's text on its first written row and null on the rest,
+    so a 512-token prompt is stored once, not 512 times (join on example_id for the rest)."""
+    seq = np.repeat(np.arange(len(batch.lengths)), batch.lengths)
+    at = np.flatnonzero(kept) if kept is not None else np.arange(len(seq))  # written rows
+    first = np.zeros(len(seq), dtype=bool)
+    if len(at):
+        live = seq[at]  # each written row's sequence: a new one starts where it changes
+        first[at[np.r_[True, live[1:] != live[:-1]]]] = True
+    return [batch.texts[s] if f else None for s, f in zip(seq.tolist(), first.tolist())]

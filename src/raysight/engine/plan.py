@@ -131,6 +131,8 @@ def _infer_columns(
         act = where.get(name) or where.get(base)
         (a, dtype), (b, _) = (_row_shape(r[name], name, act.where) for r in runs)
         shape = tuple(x if x == y else None for x, y in zip(a, b))
+        if act.drop_special and shape:  # the text tokens' count: the meta rows' ids say nothing
+            shape = (None, *shape[1:])
         if None in shape[1:]:
             problems.append(
                 f"{act.where}: '{name}' changes shape with the prompt length in "
@@ -248,7 +250,9 @@ def identity_fields(
         if decode:
             fields.append(strings_field("input_tokens", (None,), "input_ids"))
     if spec.output.include_text and kind != "tensor":
-        fields.append(pa.field("text", pa.large_string(), nullable=False))
+        # per_token: the text is on each sequence's first row only (null on the rest)
+        per_token = spec.output.layout == "per_token"
+        fields.append(pa.field("text", pa.large_string(), nullable=per_token))
     if spec.generate is not None:
         fields += [
             pa.field("n_generated", pa.int32(), nullable=False),

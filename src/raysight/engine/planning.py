@@ -108,6 +108,7 @@ class PlanReport:
     bytes_per_row: int
     estimated_bytes: int
     schema: str
+    skipped: list[str] = field(default_factory=list)  # modules `cache: "*"` left out, and why
 
     @property
     def estimated(self) -> bool:
@@ -153,6 +154,7 @@ def plan(spec: Spec, sample_rows: int = PLAN_SAMPLE, base_dir: str | Path = ".")
         bytes_per_row=round(total_bytes / max(out_rows, 1)),
         estimated_bytes=round(total_bytes),
         schema=p.plan.schema.to_string(show_schema_metadata=False, show_field_metadata=False),
+        skipped=list(hooks.skipped),
     )
 
 

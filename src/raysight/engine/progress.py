@@ -46,6 +46,8 @@ class Progress:
         self.partial: dict[int, tuple[float, int, int]] = {}  # shard -> rows, tokens, generated
         self.finished: set[int] = set()
         self.steady: tuple[float, float, int] | None = None  # time, rows, tokens at 1st batch
+        self.status = "starting"  # what start-up is doing, shown until the first batch
+        self.running: set[int] = set()  # shards a replica has begun
         self.bar: Any = None
         if tty:
             from tqdm.auto import tqdm
@@ -59,11 +61,27 @@ class Progress:
             )
 
     # ------------------------------------------------------------ events
+    def stage(self, status: str) -> None:
+        """What start-up is doing ("starting Ray", "loading the model in 2 actors"), shown in
+        place of the rates until the first batch is written; a log line off a terminal."""
+        self.status = status
+        if self.bar is not None:
+            self._draw()
+        else:
+            self.log(f"  {status}")
+
     def batch(self, shard: int, units_done: int, units: int, tokens: int, generated: int) -> None:
         """A replica wrote a batch: ``units_done`` of the shard's ``units`` so far, and the
-        shard's tokens (prompt, and generated) so far."""
+        shard's tokens (prompt, and generated) so far. ``units_done == 0``: it began the
+        shard (its model is loaded)."""
         if shard in self.finished or shard not in self.shard_rows:
             return  # a late report of a shard already counted whole
+        if units_done == 0:
+            self.running.add(shard)
+            if self.steady is None and self.bar is not None:
+                self.status = f"{len(self.running)} shard(s) begun, running the first batch"
+                self._draw()
+            return
         rows = self.shard_rows[shard] * units_done / max(units, 1)
         self.partial[shard] = (rows, tokens, generated)
         self._started()
@@ -150,7 +168,8 @@ class Progress:
     def _draw(self) -> None:
         shards, speed, eta = self._parts(short=True)
         self.bar.n = self.rows
-        self.bar.set_postfix_str(f"{shards}, {speed}, ETA {eta}", refresh=False)  # after ", "
+        now = f"{speed}, ETA {eta}" if self.steady is not None else f"{self.status}…"
+        self.bar.set_postfix_str(f"{shards}, {now}", refresh=False)  # after ", "
         self.bar.refresh()
 
     def _emit(self, event: str, warn: bool = False) -> None:

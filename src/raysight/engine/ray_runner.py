@@ -184,6 +184,8 @@ class RayRunner:
         s = self.shards
         spec, ex = s.spec, s.spec.execution
         n = min(ex.actors, len(jobs))
+        if s.progress is not None:
+            s.progress.stage("connecting to Ray")
         started = init_ray(self.address, n * ex.cpus_per_actor)
         _check_resources(n, ex.cpus_per_actor, ex.gpus_per_actor)
         if not is_uri(spec.output.path):
@@ -219,6 +221,8 @@ class RayRunner:
                 s.progress.tick()
 
         pool = [new_actor() for _ in range(n)]
+        if s.progress is not None:
+            s.progress.stage(f"loading the model in {n} actor(s)")
         queue = deque(jobs)
         retries = Retries(ex.max_retries, s.failed)
         inflight: dict[Any, tuple[Any, Any]] = {}  # task -> (actor, ShardJob)

@@ -239,6 +239,11 @@ def _run_locked(
 
     prepared = prepare(spec, base_dir)  # the input from metadata, a sample of rows, the plan
     plan, total, ids = prepared.plan, prepared.total, prepared.id_type
+    if plan.hooks.skipped:
+        log(
+            f"raysight: cache '*' left out {len(plan.hooks.skipped)} module(s) that return no "
+            "tensor or do not run once (raysight plan lists them)"
+        )
     sample = prepared.sample_input
     del prepared  # the sample rows
     model_dir = spec.model.path

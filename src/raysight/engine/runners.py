@@ -60,6 +60,8 @@ class LocalRunner:
 
     def run(self, jobs: list[ShardJob]) -> None:
         s = self.shards
+        if s.progress is not None:
+            s.progress.stage("loading the model")
         replica = ShardRunner(
             s.spec_data,
             s.id_type,

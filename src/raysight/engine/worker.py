@@ -30,8 +30,9 @@ from ..models.loading import load_model, quiet_hf
 from ..spec.load import parse_spec
 from ..spec.variants import row_fields, token_fields
 from ..writers.shard import ShardWriter
+from ..writers.shuffle import ShuffleBuffer
 from .ids import id_keys
-from .output_rows import ShardError, record_batch
+from .output_rows import ShardError, record_batch, special_ids
 from .plan import RunPlan, make_plan, min_tokens
 from .selfcheck import SelfCheck, SelfCheckError, pick
 
@@ -105,6 +106,7 @@ class ShardRunner:
         self.spec = parse_spec(spec_data, allow_code=allow_code)
         self.loaded = load_model(self.spec.model)
         self.plan: RunPlan | None = None
+        self._special: Any = None  # the tokenizer's special ids, for special_tokens: drop
         if plan_later:  # each run_job brings the driver's plan (engine/ray_runner.py)
             return
         if plan is None:
@@ -165,7 +167,11 @@ class ShardRunner:
     # -------------------------------------------------------------- output
     def _record_batch(self, batch: Batch, values: dict[str, Any]) -> pa.RecordBatch:
         tok, kind = self.loaded.tokenizer, self.loaded.kind
-        return record_batch(self.spec, self.plan, tok, kind, self._rows, batch, values)
+        if self._special is None and self.spec.output.special_tokens == "drop":
+            self._special = special_ids(tok)
+        return record_batch(
+            self.spec, self.plan, tok, kind, self._rows, batch, values, self._special
+        )
 
     # -------------------------------------------------------------- run
     def run_job(self, job: ShardJob, plan: RunPlan | None = None, board: Any = None) -> ShardResult:
@@ -219,7 +225,13 @@ class ShardRunner:
         try:
             # inside the try: a signal that lands while the file is being opened still drops it
             writer.start()
+            if self.on_batch is not None:  # begun: the bar stops saying "loading the model"
+                self.on_batch(shard, 0, len(units), 0, 0)
             check = self._reruns(units, by_id)
+            shuffle = self.spec.output.shuffle
+            sink: Any = writer
+            if shuffle is not None:  # rows in a seeded order, a buffer at a time
+                sink = ShuffleBuffer(writer.write, shuffle.buffer_rows, shuffle.seed, shard)
             for group in pack(
                 [max(len(e.ids) for e in u) for u in units],
                 ex.batch_tokens,
@@ -232,7 +244,7 @@ class ShardRunner:
                     t = time.perf_counter()
                     record = self._record_batch(batch, values)
                     self._stages["encode"] += time.perf_counter() - t
-                    writer.write(record)
+                    sink.write(record)
                     check.keep(record)
                     examples.update(batch.example_ids)
                     tokens += sum(batch.lengths)
@@ -253,6 +265,8 @@ class ShardRunner:
                 check.check()
             except SelfCheckError as e:  # the batch changed a row: fail, never write it
                 raise ShardError(f"shard {shard}: {e}") from None
+            if shuffle is not None:
+                sink.flush()
             writer.commit()
         except BaseException:
             writer.fail()

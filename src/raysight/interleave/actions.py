@@ -50,6 +50,7 @@ class SaveAction:
     steps: int | str | None = None  # generation steps (None: step 0)
     tokens: dict[str, Any] | None = None  # metric reduce: a/b/token -> id or ("field", column)
     variants: frozenset[int] | None = None  # sweep variants it applies to (None: all)
+    drop_special: bool = False  # leave the tokenizer's special tokens out (HookPlan.special_ids)
 
 
 @dataclass
@@ -110,6 +111,8 @@ class HookPlan:
     generate: Any = None  # the spec's GenerateSpec when generating
     stop_ids: list[int] = field(default_factory=list)  # tokens that end a generated row
     pair_fields: list[str] = field(default_factory=list)  # data.pair.fields, by member index
+    skipped: list[str] = field(default_factory=list)  # what `cache: "*"` left out, and why
+    special_ids: list[int] = field(default_factory=list)  # for saves with special_tokens: drop
 
     @property
     def hooked(self) -> set[tuple[str, str]]:

@@ -35,6 +35,7 @@ from .rows import (
     reduce_last,
     row_view,
     select_rows,
+    text_tokens,
 )
 from .selectors import (
     SelectError,
@@ -77,6 +78,8 @@ class Interleaver:
     @torch.no_grad()
     def _save(self, value: Any, act: SaveAction, ctx: Ctx) -> None:
         data = extract(value, act.target, act.positions, ctx)
+        if act.drop_special:
+            data = text_tokens(data, act.target.label, self.plan.special_ids, ctx)
         if act.positions is None and not act.apply and act.reduce is None:
             data = map_rows(data, torch.clone)  # a view of the live tensor otherwise
         for name in act.apply:

@@ -48,7 +48,13 @@ class PlanError(RaysightError, ValueError):
 def _expand(pattern: str, loaded: LoadedModel, tree: ModuleTree) -> list[tuple[str, str, bool]]:
     """(raw path, user-facing path, standardized) for each module a pattern names."""
     raw, standard = loaded.names.translate(pattern)
-    found = expand_module_pattern(raw, tree.children)
+    try:
+        found = expand_module_pattern(raw, tree.children)
+    except SiteError:  # a near miss of a standardized name says so first
+        hint = loaded.names.suggest(pattern)
+        if hint is None:
+            raise
+        raise SiteError(hint) from None
     raw_parts, user_parts = raw.split("."), pattern.split(".")
     wild = [i for i, p in enumerate(raw_parts) if p == "*" or ":" in p]
     user_wild = [i for i, p in enumerate(user_parts) if p == "*" or ":" in p]
@@ -137,6 +143,16 @@ class _Resolver:
         self.source_uses.append((src, where))
         return src
 
+    def special(self) -> None:
+        """The tokenizer's special ids, where a save leaves them out."""
+        if not any(a.drop_special for a in self.plan.saves):
+            return
+        tok = self.loaded.tokenizer
+        if tok is None:
+            self.fail("ops", "special_tokens: drop needs a tokenizer (a token model)")
+            return
+        self.plan.special_ids = sorted(tok.all_special_ids)
+
     def resolve(self) -> HookPlan:
         self.loss()
         for i, op in enumerate(self.variant.edits):
@@ -145,6 +161,7 @@ class _Resolver:
             self.op(op, f"ops.{i}")
         self.check_skips()
         self.check_columns()
+        self.special()
         needed = [s.target for s in self.plan.saves]
         if self.plan.loss:
             needed.append(self.plan.loss.target)
@@ -159,6 +176,8 @@ class _Resolver:
     def op(self, op: Any, where: str) -> None:
         if isinstance(op, SaveOp):
             self.save(op, where)
+        elif isinstance(op, CacheOp) and op.cache == "*":
+            self.cache_all(op, where)
         elif isinstance(op, CacheOp):
             for raw, shown in self.modules(op.cache, where):
                 name = f"{op.as_}.{shown}" if op.as_ else self.column_of.get(where, shown)
@@ -185,6 +204,33 @@ class _Resolver:
             self.skip(op, where)
         elif isinstance(op, GradOp):
             self.grad(op, where)
+
+    def cache_all(self, op: CacheOp, where: str) -> None:
+        """``cache: "*"``: every module whose output is a tensor (or a tuple led by one, whose
+        first item is saved), as nnsight's ``tracer.cache()``; the others are listed in the
+        plan's ``skipped`` with the reason."""
+        kinds = self.tree.outputs or {}
+        for raw in self.tree.children:
+            if not raw:
+                continue
+            calls = self.tree.calls.get(raw, 0)
+            kind = kinds.get(raw)
+            if calls == 0:
+                reason = "not called in a forward pass"
+            elif calls > 1:
+                reason = f"called {calls} times per forward"
+            elif not kind or not kind.startswith(("tensor", "tuple")):
+                reason = f"returns {kind}, not a tensor"
+            elif op.positions is not None and not kind.endswith("+seq"):
+                reason = "its value has no sequence dimension for positions"
+            else:
+                name = f"{op.as_}.{raw}" if op.as_ else raw
+                tgt = Target(raw, "output", True, (), raw)
+                self.saves_add(
+                    SaveAction(tgt, name, op.positions, [], None, op.dtype, where, op.steps)
+                )
+                continue
+            self.plan.skipped.append(f"{where} (cache '*'): {raw}: {reason}")
 
     def generation(self) -> None:
         gen = self.spec.generate
@@ -289,11 +335,11 @@ class _Resolver:
                 name = f"{op.as_}.{_wild_values(op.save, tgt.label)}"
             else:
                 name = op.as_ or self.column_of.get(where, tgt.label)
-            self.saves_add(
-                SaveAction(
-                    tgt, name, op.positions, apply, op.reduce, op.dtype, where, op.steps, tokens
-                )
+            act = SaveAction(
+                tgt, name, op.positions, apply, op.reduce, op.dtype, where, op.steps, tokens
             )
+            act.drop_special = op.special_tokens == "drop"
+            self.saves_add(act)
 
     def saves_add(self, action: SaveAction) -> None:
         self.plan.saves.append(action)

@@ -30,6 +30,7 @@ __all__ = [
     "row_view",
     "rows",
     "select_rows",
+    "text_tokens",
 ]
 
 
@@ -183,6 +184,24 @@ def extract(value: Any, tgt: Target, positions: list[int] | None, ctx: Ctx):
     path, groups = split_index(tgt.index, value, tgt.primary)
     x = batched(container_get(value, path), ctx, tgt.label)
     return rows(x, tgt, groups, positions, ctx)
+
+
+def text_tokens(data: Any, label: str, special: list[int], ctx: Ctx) -> list[torch.Tensor]:
+    """Each row's value without the positions of special tokens (its first dimension is the
+    row's real tokens, as ``rows`` gives it without positions or selectors)."""
+    ids = ctx.batch.token_ids
+    if ids is None:
+        raise SelectError(f"{label}: special_tokens: drop needs token ids (a token model)")
+    out = []
+    for i, r in enumerate(data):
+        if r.dim() == 0 or r.shape[0] != len(ids[i]):
+            raise SelectError(
+                f"{label}: special_tokens: drop needs a value with a sequence dimension; "
+                f"shape is {list(r.shape)}"
+            )
+        keep = [p for p, t in enumerate(ids[i]) if t not in special]
+        out.append(r[torch.tensor(keep, dtype=torch.long, device=r.device)])
+    return out
 
 
 def own(value: Any) -> Any:

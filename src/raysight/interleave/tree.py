@@ -19,6 +19,9 @@ class ModuleTree:
     events: list[tuple[str, str]]  # ("pre" | "post", module) in execution order
     calls: dict[str, int]
     tuple_outputs: dict[str, int]  # module -> tuple length, for modules returning tuples
+    # module -> "tensor" / "tuple" (led by a tensor), "+seq" if dim 1 is the sequence; or the
+    # type it returns
+    outputs: dict[str, str] | None = None
 
     def event_index(self, kind: str, module: str) -> int | None:
         try:
@@ -48,6 +51,7 @@ def trace_tree(loaded: LoadedModel, sample: Any = None) -> ModuleTree:
     events: list[tuple[str, str]] = []
     calls: dict[str, int] = {}
     tuples: dict[str, int] = {}
+    outputs: dict[str, str] = {}
     handles = []
 
     def pre(name: str):
@@ -62,6 +66,7 @@ def trace_tree(loaded: LoadedModel, sample: Any = None) -> ModuleTree:
             events.append(("post", name))
             if isinstance(out, tuple) and type(out) is tuple:
                 tuples[name] = len(out)
+            outputs[name] = _kind(out)
 
         return hook
 
@@ -70,7 +75,7 @@ def trace_tree(loaded: LoadedModel, sample: Any = None) -> ModuleTree:
             if name:
                 handles.append(mod.register_forward_pre_hook(pre(name)))
                 handles.append(mod.register_forward_hook(post(name)))
-        inputs = sample_inputs(loaded, sample, 6)
+        inputs = sample_inputs(loaded, sample, _LENGTH)
         with torch.inference_mode(), meta_safe(loaded):
             if loaded.kind == "tensor":
                 module(inputs["input"])
@@ -79,4 +84,18 @@ def trace_tree(loaded: LoadedModel, sample: Any = None) -> ModuleTree:
     finally:
         for h in handles:
             h.remove()
-    return ModuleTree(children, events, calls, tuples)
+    return ModuleTree(children, events, calls, tuples, outputs)
+
+
+#: the sample's length in trace_tree: a value with it at dim 1 has a sequence dimension
+_LENGTH = 6
+
+
+def _kind(out: Any) -> str:
+    """tensor / tuple (led by a tensor), with ``+seq`` when dim 1 is the sequence; else the
+    type returned."""
+    first = out[0] if type(out) is tuple and out else out
+    if not torch.is_tensor(first):
+        return "None" if out is None else type(out).__name__
+    seq = "+seq" if first.dim() >= 2 and first.shape[1] == _LENGTH else ""
+    return ("tensor" if first is out else "tuple") + seq

@@ -1,5 +1,7 @@
 """Standardized module names (``embed``, ``layers.N``, ``layers.N.attn``, ``layers.N.mlp``,
-``final_norm``, ``lm_head``, ``logits``) resolved per architecture from ``names.json``.
+``layers.N.attn_norm`` / ``mlp_norm`` (the norms before them), ``layers.N.attn.out_proj``,
+``layers.N.mlp.down_proj``, ``final_norm``, ``lm_head``, ``logits``) resolved per architecture
+from ``names.json``.
 
 A standardized ``….output`` means the module's primary value (the hidden state), whether the
 module returns a tensor or a tuple in the installed transformers version. Raw paths always work
@@ -8,6 +10,7 @@ and give the raw value.
 
 from __future__ import annotations
 
+import difflib
 import json
 from functools import cache
 from importlib import resources
@@ -22,6 +25,11 @@ def _table() -> dict:
     return json.loads(resources.files("raysight.models").joinpath("names.json").read_text())
 
 
+#: names inside one layer, relative to it; and inside its attention or MLP, relative to those
+LAYER_PARTS = ("attn", "mlp", "attn_norm", "mlp_norm")
+SUB_PARTS = ("attn.out_proj", "mlp.down_proj")
+
+
 class NameTable:
     """Maps standardized paths to raw module paths for one loaded model."""
 
@@ -32,7 +40,7 @@ class NameTable:
         entry = data["architectures"].get(self.architecture or "", {})
         self._paths: dict[str, str | None] = {}
         for name, candidates in entry.items():
-            if name in ("attn", "mlp"):
+            if name in LAYER_PARTS or name in SUB_PARTS:  # relative: the first candidate
                 self._paths[name] = candidates[0] if candidates else None
             else:
                 self._paths[name] = next((c for c in candidates if c in module_names), None)
@@ -48,16 +56,43 @@ class NameTable:
         if head == "layers":
             base = self._need("layers", path)
             rest = parts[1:]
-            if len(rest) >= 2 and rest[1] in ("attn", "mlp"):
-                rest = [rest[0], self._need(rest[1], path), *rest[2:]]
+            if len(rest) >= 2 and rest[1] in LAYER_PARTS:
+                sub = f"{rest[1]}.{rest[2]}" if len(rest) >= 3 else ""
+                inner = [self._need(sub, path)] if sub in SUB_PARTS else rest[2:3]
+                rest = [rest[0], self._need(rest[1], path), *inner, *rest[3:]]
             return ".".join([base, *rest]), True
         return ".".join([self._need(head, path), *parts[1:]]), True
+
+    def names(self) -> list[str]:
+        """The standardized names this model has (``layers.N.attn``... as ``attn``)."""
+        return [n for n, raw in self._paths.items() if raw is not None]
+
+    def suggest(self, path: str) -> str | None:
+        """'did you mean' for a path whose head or layer part is close to a standardized name
+        this model has (``layer.3``, ``layers.3.atn``), else None."""
+        if self.architecture is None:
+            return None
+        parts, have = path.split("."), self.names()
+        heads = [n for n in have if n in STANDARD_NAMES]
+        if parts[0] not in STANDARD_NAMES:
+            close = difflib.get_close_matches(parts[0], heads, n=2, cutoff=0.6)
+            at = 0
+        elif parts[0] == "layers" and len(parts) >= 3:
+            inner = [n for n in have if n in LAYER_PARTS]
+            close = difflib.get_close_matches(parts[2], inner, n=2, cutoff=0.6)
+            at = 2
+        else:
+            return None
+        if not close:
+            return None
+        fixed = [".".join([*parts[:at], c, *parts[at + 1 :]]) for c in close]
+        return f"no module '{path}'; did you mean {' or '.join(repr(f) for f in fixed)}?"
 
     def _need(self, name: str, path: str) -> str:
         raw = self._paths.get(name)
         if raw is None:
             raise KeyError(
-                f"'{path}': the {self.architecture} architecture has no standard '{name}' "
-                "module; use a raw module path"
+                f"the {self.architecture} architecture has no standard '{name}' module (in "
+                f"'{path}'); use a raw module path"
             )
         return raw

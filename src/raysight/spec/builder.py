@@ -167,9 +167,11 @@ class ValueRef:
         reduce: str | dict[str, int] | None = None,
         dtype: str | None = None,
         steps: Any = None,
+        special_tokens: str | None = None,
     ) -> ValueRef:
         """Save this value (nnsight's ``.save()``), optionally through modules and a reduction;
-        ``steps`` under ``generate``: 2, slice(1, None), "all"..."""
+        ``steps`` under ``generate``: 2, slice(1, None), "all"...; ``special_tokens="drop"``:
+        the row's text tokens only."""
         op: dict[str, Any] = {"save": self.site}
         for key, val in (
             ("as", name),
@@ -177,6 +179,7 @@ class ValueRef:
             ("reduce", reduce),
             ("dtype", dtype),
             ("steps", steps),
+            ("special_tokens", special_tokens),
         ):
             if val is not None:
                 op[key] = list(val) if key == "positions" else val

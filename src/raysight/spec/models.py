@@ -157,8 +157,23 @@ class SaveOp(_Strict):
     dtype: Dtype | None = None
     """Cast before saving; default: the value's own dtype."""
     steps: Steps = None
+    special_tokens: Literal["keep", "drop"] = "keep"
+    """drop: leave the tokenizer's special tokens (BOS, EOS...) out of the value's sequence
+    dimension before `apply` and `reduce`, so the saved tokens are text tokens only (a BOS
+    residual's norm can be many times a text token's, and dominates a mean over tokens).
+    Every other token of the row is kept; not with `positions`, an index selector or
+    `generate`. The per_token layout has `output.special_tokens` for its rows."""
 
     _site = field_validator("save")(_value_site)
+
+    @model_validator(mode="after")
+    def _drop_whole_rows(self) -> SaveOp:
+        if self.special_tokens == "drop" and (self.positions is not None or "[" in self.save):
+            raise ValueError(
+                "special_tokens: drop keeps every text token of the row; it cannot be combined "
+                "with positions or an index selector"
+            )
+        return self
 
     @field_validator("apply")
     @classmethod
@@ -296,6 +311,15 @@ class Spec(_Strict):
                         f"ops.{i}.{key}: an index selector cannot be used with output.layout "
                         "per_token (each row is one token); use layout per_sequence"
                     )
+            if getattr(op, "special_tokens", "keep") == "drop" and (
+                self.output.layout == "per_token" or self.generate is not None
+            ):
+                where = "output.layout per_token" if self.generate is None else "generate"
+                problems.append(
+                    f"ops.{i}.special_tokens: drop is for per_sequence saves of a forward, not "
+                    f"with {where}"
+                    + ("; use output.special_tokens: drop" if self.generate is None else "")
+                )
         grads = [i for i, op in enumerate(self.ops) if isinstance(op, GradOp)]
         if grads and self.backward is None:
             problems.append(f"ops.{grads[0]}.grad: a grad op needs a backward section (the loss)")

@@ -9,7 +9,24 @@ from pydantic import Field, model_validator
 
 from ._base import PathText, _Strict
 
-__all__ = ["ExecutionSpec", "OutputSpec"]
+__all__ = ["ExecutionSpec", "OutputSpec", "ShuffleSpec"]
+
+
+class ShuffleSpec(_Strict):
+    """Rows written in a seeded random order within each shard, a buffer at a time: rows are
+    held until ``buffer_rows`` of them are there, permuted, and written. The scope is a buffer
+    and not the dataset because a shard of per-token rows does not fit in memory (4096 prompts
+    x 256 tokens x 576 floats is 2.4 GB) and a global shuffle would need a second pass over
+    every file; a buffer of 65,536 token rows mixes the tokens of some 250 prompts, which is
+    what SAE trainers' own mixing buffers do. The order depends on (seed, shard) only, so a
+    resumed or re-run shard comes out the same whatever the actor count. For a shuffle across
+    shards, read the shards in a random order (``ds.files``)."""
+
+    seed: int = Field(0, ge=0)
+    """Seed of the permutation (with the shard's number)."""
+    buffer_rows: int = Field(65_536, ge=2, le=2**26)
+    """Rows held and permuted together; memory is this many output rows (``raysight plan``
+    prints a row's size)."""
 
 
 class OutputSpec(_Strict):
@@ -24,7 +41,8 @@ class OutputSpec(_Strict):
     of raw bytes per row (dtype and shape in the field metadata, decoded by raysight.open),
     several times faster to write as Parquet for float16. bfloat16 is always stored as bytes."""
     include_text: bool = False
-    """Add a `text` column with the prompt."""
+    """Add a `text` column with the prompt (per_token: on each sequence's first written row
+    only, null on its other rows, so a long prompt is not stored once per token)."""
     special_tokens: Literal["keep", "drop"] = "keep"
     """per_token: `drop` leaves out the rows of the tokenizer's special tokens (BOS, EOS...),
     so only text tokens are written, as SAE training data usually wants; `position` still
@@ -37,6 +55,9 @@ class OutputSpec(_Strict):
     """Compression codec; float activations barely compress, so none is fastest."""
     row_group_bytes: int = Field(128 * 2**20, ge=2**16)
     """Target row-group (Parquet) / record-batch (Arrow) size in bytes."""
+    shuffle: ShuffleSpec | None = None
+    """Write rows in a seeded random order within a buffer of each shard (SAE training data
+    from the per_token layout), instead of batch order, which is sorted by length."""
 
     @model_validator(mode="after")
     def _per_token_only(self) -> OutputSpec:

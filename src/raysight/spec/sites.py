@@ -17,6 +17,8 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from .tl_names import from_transformer_lens
+
 __all__ = [
     "ATTRS",
     "IndexItem",
@@ -94,8 +96,16 @@ def _split(text: str, what: str) -> tuple[str, str]:
 
 
 def parse_value_site(text: str) -> Site:
-    """Parse a value site such as ``layers.5.output[:, -1, :]`` or ``logits``."""
+    """Parse a value site such as ``layers.5.output[:, -1, :]`` or ``logits``; a
+    TransformerLens hook name (``blocks.5.hook_resid_post``) stands for its standardized site
+    (spec/tl_names.py)."""
     head, tail = _split(text, "site")
+    try:
+        alias = from_transformer_lens(head)
+    except ValueError as e:
+        raise SiteError(str(e)) from None
+    if alias is not None:
+        head = alias
     parts = head.split(".")
     if parts[-1] in ATTRS and len(parts) > 1:
         module, attr = ".".join(parts[:-1]), parts[-1]

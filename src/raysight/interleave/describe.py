@@ -1,0 +1,143 @@
+"""``raysight modules MODEL``: the module tree (nnsight's ``print(model)``) with each module's
+standardized name and, from one forward on the meta device (no weights read), the shapes of its
+input and output for a prompt of ``tokens`` tokens. Layers with the same structure as the first
+are folded into one line, so a 30-layer model prints one layer in full."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..models.loading import LoadedModel, meta_safe
+from .tree import sample_inputs
+
+__all__ = ["describe_modules"]
+
+
+def describe_modules(loaded: LoadedModel, tokens: int = 8) -> str:
+    module = loaded.module
+    shapes = _shapes(loaded, tokens)
+    standard = _standard_names(loaded)
+    rows: list[tuple[str, str, str, str]] = []
+    folded = _folded_layers(loaded, shapes)
+    modules = dict(module.named_modules())
+    for name in modules:
+        if not name or any(name.startswith(f"{p}.") or name == p for p in folded["hidden"]):
+            if name in folded["first_of"]:
+                rows.append(folded["first_of"][name])
+            continue
+        pre, post, calls = shapes.get(name, ("", "", 0))
+        std = standard.get(name, "")
+        shown = "  " * name.count(".") + name.rsplit(".", 1)[-1]
+        container = isinstance(modules[name], torch.nn.ModuleList | torch.nn.ModuleDict)
+        note = "" if calls or container else "  (not called)"
+        if calls > 1:
+            note = f"  (called {calls} times)"
+        rows.append((shown, std, f"{pre} -> {post}" if calls else "", note))
+    arch = (
+        loaded.names.architecture
+        or f"{loaded.model_type or type(module).__name__} (raw names only)"
+    )
+    head = f"{type(module).__name__}: {arch}; shapes for a prompt of {tokens} tokens"
+    width = max(len(r[0]) for r in rows) + 2
+    sw = max([len(r[1]) for r in rows] + [12]) + 2
+    lines = [head, f"{'module':<{width}}{'standardized':<{sw}}input -> output"]
+    lines += [f"{a:<{width}}{b:<{sw}}{c}{d}".rstrip() for a, b, c, d in rows]
+    lines.append(
+        "A site is a module path or standardized name with .output or .input "
+        "(layers.3.output); TransformerLens names (blocks.3.hook_resid_post) work too."
+    )
+    return "\n".join(lines)
+
+
+def _shapes(loaded: LoadedModel, tokens: int) -> dict[str, tuple[str, str, int]]:
+    got: dict[str, list] = {}
+    handles = []
+
+    def hook(name: str):
+        def fn(mod, args, kwargs, out):
+            entry = got.setdefault(name, ["", "", 0])
+            x = args[0] if args else next(iter(kwargs.values()), None)
+            entry[0], entry[1] = _shape(x), _shape(out)
+            entry[2] += 1
+
+        return fn
+
+    try:
+        for name, mod in loaded.module.named_modules():
+            if name:
+                handles.append(mod.register_forward_hook(hook(name), with_kwargs=True))
+        inputs = sample_inputs(loaded, None, tokens)
+        with torch.inference_mode(), meta_safe(loaded):
+            if loaded.kind == "tensor":
+                loaded.module(inputs["input"])
+            else:
+                loaded.module(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: (a, b, n) for k, (a, b, n) in got.items()}
+
+
+def _shape(x: Any) -> str:
+    if torch.is_tensor(x):
+        return str(list(x.shape))
+    if isinstance(x, tuple | list) and x:
+        inner = _shape(x[0])
+        return f"({inner}, …{len(x)})" if len(x) > 1 else f"({inner},)"
+    if hasattr(x, "to_tuple"):  # an HF ModelOutput
+        return f"{type(x).__name__}"
+    return "-" if x is None else type(x).__name__
+
+
+def _standard_names(loaded: LoadedModel) -> dict[str, str]:
+    """Raw path -> standardized name, for the names this model's table resolves."""
+    names = loaded.names
+    out: dict[str, str] = {}
+    modules = dict(loaded.module.named_modules())
+    for std in ("embed", "final_norm", "lm_head"):
+        raw, _ = _try(names, std)
+        if raw in modules:
+            out[raw] = std
+    base, _ = _try(names, "layers")
+    if base in modules:
+        out[base] = "layers"
+        for i, _ in enumerate(modules[base].children()):
+            out[f"{base}.{i}"] = f"layers.{i}"
+            for part in ("attn", "mlp", "attn_norm", "mlp_norm", "attn.out_proj", "mlp.down_proj"):
+                raw, _ = _try(names, f"layers.{i}.{part}")
+                if raw in modules:
+                    out[raw] = f"layers.{i}.{part}"
+    return out
+
+
+def _try(names: Any, path: str) -> tuple[str | None, bool]:
+    try:
+        return names.translate(path)
+    except KeyError:
+        return None, False
+
+
+def _folded_layers(loaded: LoadedModel, shapes: dict) -> dict[str, Any]:
+    """Layers 1..N-1 whose subtree has the same modules and shapes as layer 0's: hidden, with
+    one line standing for them in place of layer 1."""
+    base, _ = _try(loaded.names, "layers")
+    modules = dict(loaded.module.named_modules())
+    if base not in modules:
+        return {"hidden": [], "first_of": {}}
+    layers = list(modules[base].named_children())
+
+    def structure(prefix: str) -> list:
+        inside = [n for n in modules if n == prefix or n.startswith(prefix + ".")]
+        return [(n[len(prefix) :], shapes.get(n)) for n in inside]
+
+    first = structure(f"{base}.{layers[0][0]}") if layers else []
+    same = [n for n, _ in layers[1:] if structure(f"{base}.{n}") == first]
+    if not same:
+        return {"hidden": [], "first_of": {}}
+    hidden = [f"{base}.{n}" for n in same]
+    label = f"{same[0]}–{same[-1]}" if len(same) > 1 else same[0]
+    indent = "  " * (base.count(".") + 1)
+    line = (f"{indent}{label}", f"layers.{label}", "(same modules and shapes as layer 0)", "")
+    return {"hidden": hidden, "first_of": {hidden[0]: line}}
