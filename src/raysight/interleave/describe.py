@@ -9,15 +9,17 @@ from typing import Any
 
 import torch
 
-from ..models.loading import LoadedModel, meta_safe
-from .tree import sample_inputs
+from ..models.loading import LoadedModel
+from ..models.names import LAYER_PARTS, SUB_PARTS
+from .tree import trace_tree
 
 __all__ = ["describe_modules"]
 
 
 def describe_modules(loaded: LoadedModel, tokens: int = 8) -> str:
     module = loaded.module
-    shapes = _shapes(loaded, tokens)
+    tree = trace_tree(loaded, length=tokens)
+    shapes = {n: (*tree.shapes[n], tree.calls.get(n, 0)) for n in tree.shapes or {}}
     standard = _standard_names(loaded)
     rows: list[tuple[str, str, str, str]] = []
     folded = _folded_layers(loaded, shapes)
@@ -51,46 +53,6 @@ def describe_modules(loaded: LoadedModel, tokens: int = 8) -> str:
     return "\n".join(lines)
 
 
-def _shapes(loaded: LoadedModel, tokens: int) -> dict[str, tuple[str, str, int]]:
-    got: dict[str, list] = {}
-    handles = []
-
-    def hook(name: str):
-        def fn(mod, args, kwargs, out):
-            entry = got.setdefault(name, ["", "", 0])
-            x = args[0] if args else next(iter(kwargs.values()), None)
-            entry[0], entry[1] = _shape(x), _shape(out)
-            entry[2] += 1
-
-        return fn
-
-    try:
-        for name, mod in loaded.module.named_modules():
-            if name:
-                handles.append(mod.register_forward_hook(hook(name), with_kwargs=True))
-        inputs = sample_inputs(loaded, None, tokens)
-        with torch.inference_mode(), meta_safe(loaded):
-            if loaded.kind == "tensor":
-                loaded.module(inputs["input"])
-            else:
-                loaded.module(**inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return {k: (a, b, n) for k, (a, b, n) in got.items()}
-
-
-def _shape(x: Any) -> str:
-    if torch.is_tensor(x):
-        return str(list(x.shape))
-    if isinstance(x, tuple | list) and x:
-        inner = _shape(x[0])
-        return f"({inner}, …{len(x)})" if len(x) > 1 else f"({inner},)"
-    if hasattr(x, "to_tuple"):  # an HF ModelOutput
-        return f"{type(x).__name__}"
-    return "-" if x is None else type(x).__name__
-
-
 def _standard_names(loaded: LoadedModel) -> dict[str, str]:
     """Raw path -> standardized name, for the names this model's table resolves."""
     names = loaded.names
@@ -105,7 +67,7 @@ def _standard_names(loaded: LoadedModel) -> dict[str, str]:
         out[base] = "layers"
         for i, _ in enumerate(modules[base].children()):
             out[f"{base}.{i}"] = f"layers.{i}"
-            for part in ("attn", "mlp", "attn_norm", "mlp_norm", "attn.out_proj", "mlp.down_proj"):
+            for part in (*LAYER_PARTS, *SUB_PARTS):
                 raw, _ = _try(names, f"layers.{i}.{part}")
                 if raw in modules:
                     out[raw] = f"layers.{i}.{part}"

@@ -22,6 +22,8 @@ class ModuleTree:
     # module -> "tensor" / "tuple" (led by a tensor), "+seq" if dim 1 is the sequence; or the
     # type it returns
     outputs: dict[str, str] | None = None
+    # module -> (its first input's shape, its output's shape), as text (raysight modules)
+    shapes: dict[str, tuple[str, str]] | None = None
 
     def event_index(self, kind: str, module: str) -> int | None:
         try:
@@ -42,8 +44,9 @@ def sample_inputs(loaded: LoadedModel, sample: Any, length: int) -> dict[str, to
     return inputs
 
 
-def trace_tree(loaded: LoadedModel, sample: Any = None) -> ModuleTree:
-    """Record children, call order and tuple outputs with one meta-device forward."""
+def trace_tree(loaded: LoadedModel, sample: Any = None, length: int | None = None) -> ModuleTree:
+    """Record children, call order, tuple outputs and shapes with one meta-device forward of
+    a row of ``length`` tokens (default ``_LENGTH``, which the ``+seq`` kinds are told by)."""
     module = loaded.module
     children: dict[str, list[str]] = {}
     for name, mod in module.named_modules():
@@ -52,6 +55,8 @@ def trace_tree(loaded: LoadedModel, sample: Any = None) -> ModuleTree:
     calls: dict[str, int] = {}
     tuples: dict[str, int] = {}
     outputs: dict[str, str] = {}
+    shapes: dict[str, tuple[str, str]] = {}
+    length = length or _LENGTH
     handles = []
 
     def pre(name: str):
@@ -62,11 +67,13 @@ def trace_tree(loaded: LoadedModel, sample: Any = None) -> ModuleTree:
         return hook
 
     def post(name: str):
-        def hook(mod, args, out):
+        def hook(mod, args, kwargs, out):
             events.append(("post", name))
             if isinstance(out, tuple) and type(out) is tuple:
                 tuples[name] = len(out)
-            outputs[name] = _kind(out)
+            outputs[name] = _kind(out, length)
+            first = args[0] if args else next(iter(kwargs.values()), None)
+            shapes[name] = (_shape(first), _shape(out))
 
         return hook
 
@@ -74,8 +81,8 @@ def trace_tree(loaded: LoadedModel, sample: Any = None) -> ModuleTree:
         for name, mod in module.named_modules():
             if name:
                 handles.append(mod.register_forward_pre_hook(pre(name)))
-                handles.append(mod.register_forward_hook(post(name)))
-        inputs = sample_inputs(loaded, sample, _LENGTH)
+                handles.append(mod.register_forward_hook(post(name), with_kwargs=True))
+        inputs = sample_inputs(loaded, sample, length)
         with torch.inference_mode(), meta_safe(loaded):
             if loaded.kind == "tensor":
                 module(inputs["input"])
@@ -84,18 +91,27 @@ def trace_tree(loaded: LoadedModel, sample: Any = None) -> ModuleTree:
     finally:
         for h in handles:
             h.remove()
-    return ModuleTree(children, events, calls, tuples, outputs)
+    return ModuleTree(children, events, calls, tuples, outputs, shapes)
 
 
 #: the sample's length in trace_tree: a value with it at dim 1 has a sequence dimension
 _LENGTH = 6
 
 
-def _kind(out: Any) -> str:
+def _kind(out: Any, length: int) -> str:
     """tensor / tuple (led by a tensor), with ``+seq`` when dim 1 is the sequence; else the
     type returned."""
     first = out[0] if type(out) is tuple and out else out
     if not torch.is_tensor(first):
         return "None" if out is None else type(out).__name__
-    seq = "+seq" if first.dim() >= 2 and first.shape[1] == _LENGTH else ""
+    seq = "+seq" if first.dim() >= 2 and first.shape[1] == length else ""
     return ("tensor" if first is out else "tuple") + seq
+
+
+def _shape(x: Any) -> str:
+    if torch.is_tensor(x):
+        return str(list(x.shape))
+    if isinstance(x, tuple | list) and x:
+        inner = _shape(x[0])
+        return f"({inner}, …{len(x)})" if len(x) > 1 else f"({inner},)"
+    return "-" if x is None else type(x).__name__
