@@ -82,9 +82,9 @@ def test_tl_hooks_with_no_module_value_say_what_to_use(tiny_dirs):
     assert "ops.0.save" in msg and "mlp_norm.input" in msg
 
 
-def test_bert_has_no_mlp_down_proj_and_says_so(tiny_dirs):
-    msg = plan_problems(make_spec(tiny_dirs["bert"], None, [{"save": "blocks.0.mlp.hook_post"}]))
-    assert "ops.0.save: the bert architecture has no standard 'mlp.down_proj' module" in msg
+def test_bert_has_no_mlp_module_and_says_so(tiny_dirs):
+    msg = plan_problems(make_spec(tiny_dirs["bert"], None, [{"save": "blocks.0.hook_mlp_out"}]))
+    assert "ops.0.save: the bert architecture has no standard 'mlp' module" in msg
 
 
 def test_near_misses_of_standardized_names_suggest_them(tiny_dirs):

@@ -113,6 +113,8 @@ class HookPlan:
     pair_fields: list[str] = field(default_factory=list)  # data.pair.fields, by member index
     skipped: list[str] = field(default_factory=list)  # what `cache: "*"` left out, and why
     special_ids: list[int] = field(default_factory=list)  # for saves with special_tokens: drop
+    # (attr, module) values laid out [batch × tokens, ...]: viewed as [batch, seq, ...] for ops
+    token_flat: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def hooked(self) -> set[tuple[str, str]]:

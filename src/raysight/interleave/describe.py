@@ -48,7 +48,8 @@ def describe_modules(loaded: LoadedModel, tokens: int = 8) -> str:
     lines += [f"{a:<{width}}{b:<{sw}}{c}{d}".rstrip() for a, b, c, d in rows]
     lines.append(
         "A site is a module path or standardized name with .output or .input "
-        "(layers.3.output); TransformerLens names (blocks.3.hook_resid_post) work too."
+        "(layers.3.output); root.output is what the model returns; TransformerLens names "
+        "(blocks.3.hook_resid_post) work too."
     )
     return "\n".join(lines)
 

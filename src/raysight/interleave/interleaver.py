@@ -36,6 +36,8 @@ from .rows import (
     row_view,
     select_rows,
     text_tokens,
+    token_flat,
+    token_rows,
 )
 from .selectors import (
     SelectError,
@@ -176,6 +178,12 @@ class Interleaver:
 
     # ------------------------------------------------------------------ hooks
     def _apply(self, key: tuple[str, str], value: Any, ctx: Ctx) -> Any:
+        if key in self.plan.token_flat:
+            value, n = token_rows(value, ctx.size, f"{key[1]}.{key[0]}")
+            return token_flat(self._apply_rows(key, value, ctx), n)
+        return self._apply_rows(key, value, ctx)
+
+    def _apply_rows(self, key: tuple[str, str], value: Any, ctx: Ctx) -> Any:
         for act in self.plan.actions.get(key, ()):
             idx = ctx.rows_for(act)
             if not self._on(act, ctx) or idx == []:
@@ -400,9 +408,11 @@ class Interleaver:
 
     def _hooks_logits(self, keys: set[tuple[str, str]]) -> bool:
         """Whether an op reads or replaces the LM head (then generate keeps every position's
-        logits at step 0, not only the last)."""
+        logits at step 0, not only the last), or the model's output (`root.output`)."""
         head = getattr(self.loaded.module, "get_output_embeddings", lambda: None)()
         names = {m for _, m in keys} | set(self.plan.skips)
+        if ("output", "") in keys:
+            return True
         return head is not None and any(self.modules.get(n) is head for n in names)
 
 

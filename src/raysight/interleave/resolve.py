@@ -14,7 +14,13 @@ from ..models.loading import LoadedModel
 from ..spec.backward import FieldRef, GradOp, MeanLoss, SumLoss, loss_kind
 from ..spec.models import CacheOp, FromValue, SaveOp, SetOp, SkipOp, Spec, TopK, Variant
 from ..spec.reduce import metric_refs, strings_name
-from ..spec.sites import SiteError, expand_module_pattern, parse_module_site, parse_value_site
+from ..spec.sites import (
+    ROOT,
+    SiteError,
+    expand_module_pattern,
+    parse_module_site,
+    parse_value_site,
+)
 from ..spec.variants import RESERVED
 from .actions import GradAction, HookPlan, LossAction, SaveAction, SetAction, SkipAction, Target
 from .tree import ModuleTree, sample_inputs, trace_tree
@@ -47,7 +53,11 @@ class PlanError(RaysightError, ValueError):
 
 def _expand(pattern: str, loaded: LoadedModel, tree: ModuleTree) -> list[tuple[str, str, bool]]:
     """(raw path, user-facing path, standardized) for each module a pattern names."""
+    if pattern == ROOT:  # the model itself, on any model: its output's primary value leads
+        return [("", ROOT, True)]
     raw, standard = loaded.names.translate(pattern)
+    if raw == "":  # a standardized name for what the model returns (Gemma 2's logits)
+        return [("", pattern, standard)]
     try:
         found = expand_module_pattern(raw, tree.children)
     except SiteError:  # a near miss of a standardized name says so first
@@ -103,8 +113,13 @@ class _Resolver:
                 )
                 continue
             label = str(s.with_module(shown)) if s.module != "logits" else "logits"
-            out.append(Target(raw, s.attr or "output", standard, s.index, label))
+            out.append(self._flat(Target(raw, s.attr or "output", standard, s.index, label)))
         return out
+
+    def _flat(self, target: Target) -> Target:
+        if target.key in (self.tree.flat or ()):
+            self.plan.token_flat.add(target.key)
+        return target
 
     def modules(self, pattern: str, where: str) -> list[tuple[str, str]]:
         try:
@@ -181,7 +196,8 @@ class _Resolver:
         elif isinstance(op, CacheOp):
             for raw, shown in self.modules(op.cache, where):
                 name = f"{op.as_}.{shown}" if op.as_ else self.column_of.get(where, shown)
-                tgt = Target(raw, "output", self.loaded.names.translate(op.cache)[1], (), shown)
+                std = self.loaded.names.translate(op.cache)[1]
+                tgt = self._flat(Target(raw, "output", std, (), shown))
                 self.saves_add(
                     SaveAction(tgt, name, op.positions, [], None, op.dtype, where, op.steps)
                 )
@@ -225,7 +241,7 @@ class _Resolver:
                 reason = "its value has no sequence dimension for positions"
             else:
                 name = f"{op.as_}.{raw}" if op.as_ else raw
-                tgt = Target(raw, "output", True, (), raw)
+                tgt = self._flat(Target(raw, "output", True, (), raw))
                 self.saves_add(
                     SaveAction(tgt, name, op.positions, [], None, op.dtype, where, op.steps)
                 )

@@ -31,6 +31,8 @@ __all__ = [
     "rows",
     "select_rows",
     "text_tokens",
+    "token_flat",
+    "token_rows",
 ]
 
 
@@ -230,3 +232,34 @@ def reduce_last(x: torch.Tensor, reduce: Any) -> Any:
         return x.mean(-1)
     k = min(reduce.topk, x.shape[-1])
     return torch.topk(x, k, dim=-1)  # (values, indices)
+
+
+def token_rows(value: Any, size: int, where: str) -> tuple[Any, int | None]:
+    """A value whose leading dimension is every token of the batch (OPT's MLP, a mixture of
+    experts' router flatten ``[batch, seq]``) viewed as ``[batch, seq, ...]``, with the token
+    count to flatten it back by; the plan marks such values (ModuleTree.flat)."""
+    first = value[0] if type(value) is tuple and value else value
+    if not torch.is_tensor(first) or first.dim() == 0 or first.shape[0] % size:
+        got = list(first.shape) if torch.is_tensor(first) else type(first).__name__
+        raise OpError(f"{where}: expected a value of [batch × tokens, ...], got {got}")
+    n = first.shape[0]
+
+    def view(t: Any) -> Any:
+        return t.view(size, n // size, *t.shape[1:]) if _flat(t, n) else t
+
+    return (tuple(view(t) for t in value) if first is not value else view(value)), n
+
+
+def token_flat(value: Any, n: int) -> Any:
+    """The inverse of :func:`token_rows`: ``[batch, seq, ...]`` back to the module's layout."""
+
+    def flat(t: Any) -> Any:
+        if torch.is_tensor(t) and t.dim() >= 2 and t.shape[0] * t.shape[1] == n:
+            return t.reshape(n, *t.shape[2:])
+        return t
+
+    return tuple(flat(t) for t in value) if type(value) is tuple else flat(value)
+
+
+def _flat(t: Any, n: int) -> bool:
+    return torch.is_tensor(t) and t.dim() >= 1 and t.shape[0] == n

@@ -38,10 +38,10 @@ def split_index(
     ``layers.N.output`` does not change with the transformers version.
     """
     path: list[int] = []
-    node = value
+    node = _items(value)
     if primary and isinstance(node, (tuple, list)):
         path.append(0)
-        node = node[0]
+        node = _items(node[0])
     groups = list(index)
     while groups and isinstance(node, (tuple, list)):
         group = groups.pop(0)
@@ -51,17 +51,32 @@ def split_index(
         if not -len(node) <= k < len(node):
             raise SelectError(f"index [{k}] is out of range for a {len(node)}-element tuple")
         path.append(k % len(node))
-        node = node[k]
+        node = _items(node[k])
     if isinstance(node, dict):
         raise SelectError("the value is a dict of keyword arguments; it cannot be saved or set")
+    if node is None:
+        raise SelectError(
+            "the value is None (an attention module returns its weights only under "
+            "model.attn_implementation: eager)"
+        )
     if not torch.is_tensor(node):
         raise SelectError(f"the value is {type(node).__name__}, not a tensor")
     return tuple(path), tuple(groups)
 
 
+def _items(value: Any) -> Any:
+    """An HF ModelOutput (what a model returns: logits, past key values...) as the tuple of its
+    set fields, as HF indexes it (``output[0]`` is the logits)."""
+    return value.to_tuple() if _is_model_output(value) else value
+
+
+def _is_model_output(value: Any) -> bool:
+    return isinstance(value, dict) and hasattr(value, "to_tuple")
+
+
 def container_get(value: Any, path: tuple[int, ...]) -> Any:
     for k in path:
-        value = value[k]
+        value = _items(value)[k]
     return value
 
 
@@ -70,6 +85,9 @@ def container_set(value: Any, path: tuple[int, ...], new: Any) -> Any:
     if not path:
         return new
     k, rest = path[0], path[1:]
+    if _is_model_output(value):  # the same class, one field replaced
+        key = list(value.keys())[k]
+        return type(value)(**{**value, key: container_set(value[key], rest, new)})
     items = list(value)
     items[k] = container_set(items[k], rest, new)
     return tuple(items) if isinstance(value, tuple) else items

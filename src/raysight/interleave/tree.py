@@ -24,6 +24,8 @@ class ModuleTree:
     outputs: dict[str, str] | None = None
     # module -> (its first input's shape, its output's shape), as text (raysight modules)
     shapes: dict[str, tuple[str, str]] | None = None
+    # (attr, module) whose value lays the tokens out flat, [batch × seq, ...] (OPT's MLP)
+    flat: set[tuple[str, str]] | None = None
 
     def event_index(self, kind: str, module: str) -> int | None:
         try:
@@ -56,6 +58,7 @@ def trace_tree(loaded: LoadedModel, sample: Any = None, length: int | None = Non
     tuples: dict[str, int] = {}
     outputs: dict[str, str] = {}
     shapes: dict[str, tuple[str, str]] = {}
+    flat: set[tuple[str, str]] = set()
     length = length or _LENGTH
     handles = []
 
@@ -74,14 +77,16 @@ def trace_tree(loaded: LoadedModel, sample: Any = None, length: int | None = Non
             outputs[name] = _kind(out, length)
             first = args[0] if args else next(iter(kwargs.values()), None)
             shapes[name] = (_shape(first), _shape(out))
+            for attr, value in (("input", first), ("output", out)):
+                if _token_flat(value, length, loaded.kind):
+                    flat.add((attr, name))
 
         return hook
 
     try:
-        for name, mod in module.named_modules():
-            if name:
-                handles.append(mod.register_forward_pre_hook(pre(name)))
-                handles.append(mod.register_forward_hook(post(name), with_kwargs=True))
+        for name, mod in module.named_modules():  # '' is the root: `root.input` / `.output`
+            handles.append(mod.register_forward_pre_hook(pre(name)))
+            handles.append(mod.register_forward_hook(post(name), with_kwargs=True))
         inputs = sample_inputs(loaded, sample, length)
         with torch.inference_mode(), meta_safe(loaded):
             if loaded.kind == "tensor":
@@ -91,7 +96,7 @@ def trace_tree(loaded: LoadedModel, sample: Any = None, length: int | None = Non
     finally:
         for h in handles:
             h.remove()
-    return ModuleTree(children, events, calls, tuples, outputs, shapes)
+    return ModuleTree(children, events, calls, tuples, outputs, shapes, flat)
 
 
 #: the sample's length in trace_tree: a value with it at dim 1 has a sequence dimension
@@ -106,6 +111,18 @@ def _kind(out: Any, length: int) -> str:
         return "None" if out is None else type(out).__name__
     seq = "+seq" if first.dim() >= 2 and first.shape[1] == length else ""
     return ("tensor" if first is out else "tuple") + seq
+
+
+def _token_flat(value: Any, length: int, kind: str) -> bool:
+    """Whether a value of the one-row sample leads with its tokens, not the batch: a module that
+    flattens [batch, seq] (the sample's batch is 1, so a batch-first value leads with 1)."""
+    first = value[0] if type(value) is tuple and value else value
+    return (
+        kind != "tensor"
+        and torch.is_tensor(first)
+        and first.dim() >= 2
+        and first.shape[0] == length
+    )
 
 
 def _shape(x: Any) -> str:

@@ -50,21 +50,30 @@ class LoadedModel:
 
 @contextmanager
 def meta_safe(loaded: LoadedModel) -> Iterator[None]:
-    """Let a meta-device forward through HF code that would call ``.item()``.
+    """Let a meta-device forward through HF code that needs values or a kernel meta lacks.
 
     HF's padding check reads ``config.pad_token_id`` against the ids; meta tensors have no values,
-    so the check is switched off for the duration (it only warns anyway).
+    so the check is switched off for the duration (it only warns anyway). A mixture of experts'
+    default ``grouped_mm`` has a meta kernel for bf16 only and the eager loop picks experts by
+    value, so experts run as ``batched_mm`` (the same shapes) for the duration.
     """
-    config = getattr(loaded.module, "config", None)
-    pad = getattr(config, "pad_token_id", None)
-    if pad is None or loaded.device.type != "meta":
+    if loaded.device.type != "meta":
         yield
         return
-    config.pad_token_id = None
+    saved: list[tuple[Any, str, Any]] = []
+    configs = {id(c): c for m in loaded.module.modules() if (c := getattr(m, "config", None))}
+    for config in configs.values():
+        if getattr(config, "pad_token_id", None) is not None:
+            saved.append((config, "pad_token_id", config.pad_token_id))
+            config.pad_token_id = None
+        if getattr(config, "_experts_implementation", None) not in (None, "batched_mm"):
+            saved.append((config, "_experts_implementation", config._experts_implementation))
+            config._experts_implementation = "batched_mm"
     try:
         yield
     finally:
-        config.pad_token_id = pad
+        for config, attr, value in saved:
+            setattr(config, attr, value)
 
 
 def quiet_hf() -> None:
@@ -127,7 +136,9 @@ def _load(spec: ModelSpec, meta: bool, device: str | None) -> LoadedModel:
         side = "left" if kind == "causal" else "right"
     if tok is not None:
         tok.padding_side = side
-    names = NameTable(mtype, {n for n, _ in module.named_modules()})
+    names = NameTable(
+        mtype, {n for n, _ in module.named_modules()}, getattr(module, "config", None)
+    )
     return LoadedModel(module, tok, kind, names, dev, mtype, side)
 
 
@@ -151,6 +162,8 @@ def _from_factory(spec: ModelSpec, dev: torch.device) -> torch.nn.Module:
 
 def _hf_kwargs(spec: ModelSpec) -> dict[str, Any]:
     kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.attn_implementation != "auto":
+        kw["attn_implementation"] = spec.attn_implementation
     if spec.gguf_file:
         kw["gguf_file"] = spec.gguf_file
     if spec.revision:
@@ -211,6 +224,7 @@ def _from_hf(spec: ModelSpec, dev: torch.device, meta: bool):
         kw = _hf_kwargs(spec)
         if not Path(path).is_dir():  # a hub id: from the local cache only, never a download
             kw["local_files_only"] = True
+        attn = kw.pop("attn_implementation", None)  # for the model, not its config
         config = AutoConfig.from_pretrained(path, **kw)
     except (OSError, ValueError, FileNotFoundError) as e:
         if kw.get("local_files_only"):
@@ -229,16 +243,23 @@ def _from_hf(spec: ModelSpec, dev: torch.device, meta: bool):
     if meta:
         if hasattr(config, "quantization_config"):
             delattr(config, "quantization_config")
+        # the fused kernels have the same shapes as sdpa, which runs on meta (flash does not)
         with torch.device("meta"):
-            module = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+            if attn:  # Auto classes have from_config, model classes _from_config
+                build = getattr(cls, "from_config", None) or cls._from_config
+                module = build(config, attn_implementation=attn if attn == "eager" else "sdpa")
+            else:
+                module = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
         module = module.to(dtype)
     else:
         load_kw: dict[str, Any] = dict(kw, dtype=dtype)
+        if attn:
+            load_kw["attn_implementation"] = attn
         if spec.device_map:
             load_kw["device_map"] = spec.device_map
         try:
             module = cls.from_pretrained(path, **load_kw)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ImportError) as e:  # ImportError: a missing flash-attn
             raise ModelLoadError(f"model.path {spec.path!r}: cannot load weights: {e}") from None
         if not spec.device_map:
             module = module.to(dev)

@@ -1,6 +1,7 @@
 """Standardized module names (``embed``, ``layers.N``, ``layers.N.attn``, ``layers.N.mlp``,
 ``layers.N.attn_norm`` / ``mlp_norm`` (the norms before them), ``layers.N.attn.out_proj``,
-``layers.N.mlp.down_proj``, ``final_norm``, ``lm_head``, ``logits``) resolved per architecture
+``layers.N.mlp.down_proj``, ``final_norm``, ``lm_head``, ``logits``, and where an architecture
+has them ``attn_post_norm`` / ``mlp_post_norm`` and ``mlp.router``) resolved per architecture
 from ``names.json``.
 
 A standardized ``….output`` means the module's primary value (the hidden state), whether the
@@ -14,6 +15,7 @@ import difflib
 import json
 from functools import cache
 from importlib import resources
+from typing import Any
 
 __all__ = ["STANDARD_NAMES", "NameTable"]
 
@@ -26,25 +28,28 @@ def _table() -> dict:
 
 
 #: names inside one layer, relative to it; and inside its attention or MLP, relative to those
-LAYER_PARTS = ("attn", "mlp", "attn_norm", "mlp_norm")
-SUB_PARTS = ("attn.out_proj", "mlp.down_proj")
+LAYER_PARTS = ("attn", "mlp", "attn_norm", "mlp_norm", "attn_post_norm", "mlp_post_norm")
+SUB_PARTS = ("attn.out_proj", "mlp.down_proj", "mlp.router")
 
 
 class NameTable:
     """Maps standardized paths to raw module paths for one loaded model."""
 
-    def __init__(self, model_type: str | None, module_names: set[str]):
+    def __init__(self, model_type: str | None, module_names: set[str], config: Any | None = None):
         data = _table()
         arch = data["aliases"].get(model_type or "", model_type)
         self.architecture = arch if arch in data["architectures"] else None
-        entry = data["architectures"].get(self.architecture or "", {})
+        entry = dict(data["architectures"].get(self.architecture or "", {}))
+        for override in entry.pop("when", []):
+            if all(getattr(config, k, None) == v for k, v in override["config"].items()):
+                entry.update(override["names"])
         self._paths: dict[str, str | None] = {}
         for name, candidates in entry.items():
             if name in LAYER_PARTS or name in SUB_PARTS:  # relative: the first candidate
                 self._paths[name] = candidates[0] if candidates else None
-            else:
+            else:  # '' is the root: the model's own output
                 self._paths[name] = next((c for c in candidates if c in module_names), None)
-        if "lm_head" in self._paths:
+        if "lm_head" in self._paths and "logits" not in self._paths:
             self._paths["logits"] = self._paths["lm_head"]
 
     def translate(self, path: str) -> tuple[str, bool]:
@@ -58,10 +63,14 @@ class NameTable:
             rest = parts[1:]
             if len(rest) >= 2 and rest[1] in LAYER_PARTS:
                 sub = f"{rest[1]}.{rest[2]}" if len(rest) >= 3 else ""
-                inner = [self._need(sub, path)] if sub in SUB_PARTS else rest[2:3]
-                rest = [rest[0], self._need(rest[1], path), *inner, *rest[3:]]
+                if sub in SUB_PARTS:
+                    # OPT and BERT have no MLP module: their down_proj is the layer's own child
+                    inner, parent = self._need(sub, path), self._paths.get(rest[1])
+                    rest = [rest[0], *([parent] if parent else []), inner, *rest[3:]]
+                else:
+                    rest = [rest[0], self._need(rest[1], path), *rest[2:]]
             return ".".join([base, *rest]), True
-        return ".".join([self._need(head, path), *parts[1:]]), True
+        return ".".join(p for p in [self._need(head, path), *parts[1:]] if p), True
 
     def names(self) -> list[str]:
         """The standardized names this model has (``layers.N.attn``... as ``attn``)."""

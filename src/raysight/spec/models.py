@@ -95,6 +95,12 @@ class ModelSpec(_Strict):
     `factory` (`--allow-code`, or `allow_code=True` in Python)."""
     padding_side: Literal["auto", "left", "right"] = "auto"
     """'auto': left for causal LMs (with position_ids from the mask), right for encoders."""
+    attn_implementation: Literal[
+        "auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"
+    ] = "auto"
+    """The attention kernel HF runs (its `attn_implementation`); auto: the model's default
+    (usually sdpa). Attention modules return their weights (element 1 of a raw attention
+    module's output) under eager only; the fused kernels return None there."""
 
     @field_validator("factory", "trust_remote_code")
     @classmethod

@@ -21,6 +21,7 @@ from .tl_names import from_transformer_lens
 
 __all__ = [
     "ATTRS",
+    "ROOT",
     "IndexItem",
     "Site",
     "SiteError",
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 ATTRS = ("output", "input", "inputs")
+#: the model itself, as a module path (``root.output``: what the model returns)
+ROOT = "root"
 _PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|-?\d+|\*|-?\d*:-?\d*(?::[1-9]\d*)?)$")
 
 

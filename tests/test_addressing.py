@@ -1,0 +1,153 @@
+"""Addressing beyond module outputs, each against plain PyTorch: the model itself (`root.input`,
+`root.output`), negative layer indices, values a module lays out flat as [batch × tokens, ...]
+(OPT's MLP), Gemma 2's capped logits, and `model.attn_implementation`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import families
+from conftest import PROMPTS, by_id, make_spec, plan_problems
+from reference import alone, first
+
+PICKED = [PROMPTS[0], PROMPTS[1], PROMPTS[3], PROMPTS[4]]  # mixed lengths: padding in a batch
+LAYER = {"gpt2": "transformer.h", "llama": "model.layers"}
+
+
+def _close(got, want, what=""):
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("addressing")
+    return {f: families.save(f, root) for f in ("opt", "gemma2")}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_root_output_input_and_the_last_layer(arch, tiny_dirs, tiny_models, run_spec):
+    model, tok = tiny_models[arch]
+    ops = [
+        {"save": "root.output", "as": "out"},  # what the model returns: its logits lead
+        {"save": "root.input", "as": "ids"},  # the token ids it was called with
+        {"save": "layers.-1.output", "as": "last"},
+        {"save": "layers.-2.output[:, -1]", "as": "second_last"},
+    ]
+    ds = run_spec(make_spec(tiny_dirs[arch], None, ops, prompts=PICKED))
+    out, ids, last, second = (by_id(ds, c) for c in ("out", "ids", "last", "second_last"))
+    for k, prompt in enumerate(PICKED):
+        got, hf = alone(
+            model, tok, prompt, capture={"l2": f"{LAYER[arch]}.2", "l1": f"{LAYER[arch]}.1"}
+        )
+        _close(out[k], hf.logits[0], "root.output")
+        assert ids[k].tolist() == tok(prompt)["input_ids"]
+        _close(last[k], first(got["l2"])[0], "layers.-1")
+        _close(second[k], first(got["l1"])[0, -1], "layers.-2[:, -1]")
+
+
+def test_root_of_a_plain_module(run_spec):
+    import tiny
+
+    xs = np.random.default_rng(3).standard_normal((5, 8)).astype(np.float32)
+    spec = {
+        "model": {"factory": "tiny:sequential"},
+        "data": {"prompts": [{"x": x.tolist()} for x in xs], "input_field": "x"},
+        "ops": [{"save": "root.output", "as": "y"}, {"save": "root.input", "as": "x"}],
+        "output": {"path": ""},
+        "execution": {"runner": "local"},
+    }
+    ds = run_spec(spec, allow_code=True)
+    model = tiny.sequential()
+    for i, x in enumerate(xs):
+        with torch.no_grad():
+            _close(by_id(ds, "y")[i], model(torch.from_numpy(x)[None])[0])
+        _close(by_id(ds, "x")[i], torch.from_numpy(x))
+
+
+def test_flat_token_values_save_and_set_per_row(family_dirs, run_spec):
+    """OPT runs its MLP on [batch × tokens, hidden]: each row's part is saved as the prompt run
+    alone gives it, and a set on it changes that row's tokens only."""
+    model, _ = families.build("opt")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(family_dirs["opt"])
+    ops = [
+        {"save": "model.decoder.layers.0.fc1.output", "as": "fc1"},  # a raw path, flat too
+        {"set": "layers.1.mlp_norm.output[:, -1]", "value": 0.5},
+        {"save": "logits[:, -1]", "as": "last"},
+    ]
+    spec = make_spec(family_dirs["opt"], None, ops, prompts=PICKED, execution={"max_padding": 1})
+    ds = run_spec(spec)
+    fc1, last = by_id(ds, "fc1"), by_id(ds, "last")
+    mods = dict(model.named_modules())
+    got = {}
+
+    def keep(m, a, o):
+        got["fc1"] = o
+
+    def edit(m, a, o):
+        o = o.clone()
+        o[-1] = 0.5  # one prompt: the flat layout's last row is its last token
+        return o
+
+    for k, prompt in enumerate(PICKED):
+        h1 = mods["model.decoder.layers.0.fc1"].register_forward_hook(keep)
+        h2 = mods["model.decoder.layers.1.final_layer_norm"].register_forward_hook(edit)
+        try:
+            with torch.no_grad():
+                out = model(**tok(prompt, return_tensors="pt"))
+        finally:
+            h1.remove()
+            h2.remove()
+        _close(fc1[k], got["fc1"], "fc1")
+        _close(last[k], out.logits[0, -1], "logits after the set")
+
+
+def test_flat_values_in_cache_star(family_dirs, run_spec):
+    ds = run_spec(make_spec(family_dirs["opt"], None, [{"cache": "*"}], prompts=PICKED[:2]))
+    assert "model.decoder.layers.1.fc2" in ds.columns
+
+
+def test_gemma2_logits_are_the_capped_ones_in_metrics_too(family_dirs, run_spec):
+    model, _ = families.build("gemma2")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(family_dirs["gemma2"])
+    ops = [{"save": "logits", "reduce": {"logprob": "e"}, "as": "lp"}]
+    ds = run_spec(make_spec(family_dirs["gemma2"], None, ops, prompts=PICKED))
+    lp, e = by_id(ds, "lp"), tok.convert_tokens_to_ids("e")
+    for k, prompt in enumerate(PICKED):
+        with torch.no_grad():
+            logits = model(**tok(prompt, return_tensors="pt")).logits[0]
+        assert model.config.final_logit_softcapping  # the cap is on in this config
+        _close(lp[k], logits.log_softmax(-1)[:, e], "logprob")
+
+
+def test_attn_implementation_is_chosen_by_the_spec(tiny_dirs, run_spec):
+    import transformers
+
+    eager = transformers.LlamaForCausalLM.from_pretrained(
+        tiny_dirs["llama"], attn_implementation="eager"
+    ).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    ops = [{"save": "layers.1.attn.output", "as": "a"}]
+    spec = make_spec(
+        tiny_dirs["llama"], None, ops, prompts=PICKED, model={"attn_implementation": "eager"}
+    )
+    got = by_id(run_spec(spec), "a")
+    for k, prompt in enumerate(PICKED):
+        ref, _ = alone(eager, tok, prompt, capture={"a": "model.layers.1.self_attn"})
+        _close(got[k], first(ref["a"])[0])
+    # under sdpa the weights are None, and the plan says which setting returns them
+    weights = [{"save": "model.layers.0.self_attn.output[1]", "as": "w"}]
+    msg = plan_problems(make_spec(tiny_dirs["llama"], None, weights))
+    assert "model.attn_implementation: eager" in msg
+    msg = plan_problems(
+        make_spec(
+            tiny_dirs["llama"], None, [{"save": "logits"}], model={"attn_implementation": "flash"}
+        )
+    )
+    assert "model.attn_implementation" in msg
