@@ -151,3 +151,66 @@ def test_attn_implementation_is_chosen_by_the_spec(tiny_dirs, run_spec):
         )
     )
     assert "model.attn_implementation" in msg
+
+
+def _twice_spec(xs, ops):
+    return {
+        "model": {"factory": "tiny:twice"},
+        "data": {"prompts": [{"x": x.tolist()} for x in xs], "input_field": "x"},
+        "ops": ops,
+        "output": {"path": ""},
+        "execution": {"runner": "local"},
+    }
+
+
+def test_a_module_called_twice_is_addressed_by_call(run_spec):
+    import tiny
+
+    xs = np.random.default_rng(4).standard_normal((4, 8)).astype(np.float32)
+    ops = [
+        {"save": "lin.output", "call": 0, "as": "first"},
+        {"save": "lin.output", "call": 1, "as": "second"},
+        {"set": "lin.output[:, 0]", "call": 1, "value": 2.0},
+        {"save": "out.output", "as": "y"},
+    ]
+    ds = run_spec(_twice_spec(xs, ops), allow_code=True)
+    model, calls = tiny.twice(), []
+
+    def hook(m, a, o):
+        calls.append(o.clone())
+        if len(calls) == 2:  # the second call, as the set above
+            o = o.clone()
+            o[:, 0] = 2.0
+            return o
+
+    model.lin.register_forward_hook(hook)
+    for i, x in enumerate(xs):
+        calls.clear()
+        with torch.no_grad():
+            y = model(torch.from_numpy(x)[None])
+        _close(by_id(ds, "first")[i], calls[0][0])
+        _close(by_id(ds, "second")[i], calls[1][0])  # saved before the set: list order
+        _close(by_id(ds, "y")[i], y[0])
+
+
+def test_call_is_needed_on_a_twice_called_module_and_checked(tmp_path):
+    import raysight
+    from raysight.interleave.resolve import PlanError
+
+    xs = np.zeros((2, 8), dtype=np.float32)
+    ops = [
+        {"save": "lin.output"},
+        {"save": "lin.output", "call": 2},
+        {"save": "out.output", "call": 1},
+        {"set": "lin.output", "value": 0},
+    ]
+    spec = {**_twice_spec(xs, ops), "output": {"path": str(tmp_path / "out")}}
+    with pytest.raises(PlanError) as e:
+        raysight.run(spec, allow_code=True, log=lambda _: None)
+    msg = str(e.value)
+    assert (
+        "ops.0.save: module 'lin' runs 2 times per forward; choose one with `call: 0` or `1`" in msg
+    )
+    assert "ops.1.save: module 'lin' runs 2 times per forward; choose one" in msg
+    assert "ops.2.save: module 'out' runs 1 time per forward; call 1 is out of range" in msg
+    assert "ops.3.set: module 'lin' runs 2 times per forward" in msg

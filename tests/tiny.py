@@ -165,3 +165,20 @@ class Wide(torch.nn.Module):
 
 def wide(width: int = 4096) -> torch.nn.Module:
     return Wide(width)
+
+
+class Twice(torch.nn.Module):
+    """One linear layer applied twice per forward (a module called more than once)."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(width, width)
+        self.out = torch.nn.Linear(width, 4)
+
+    def forward(self, x):
+        return self.out(self.lin(torch.tanh(self.lin(x))))
+
+
+def twice(width: int = 8) -> torch.nn.Module:
+    return Twice(width)

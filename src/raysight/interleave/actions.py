@@ -26,6 +26,7 @@ class Target:
     primary: bool  # standardized name: a tuple output means its element 0
     index: tuple
     label: str  # the concrete site as the user's namespace writes it
+    call: int | None = None  # which call of a module run more than once per forward
 
     @property
     def event(self) -> tuple[str, str]:

@@ -178,15 +178,17 @@ class Interleaver:
 
     # ------------------------------------------------------------------ hooks
     def _apply(self, key: tuple[str, str], value: Any, ctx: Ctx) -> Any:
+        call = ctx.calls.get(key, 0)  # which call of the module this is, in this forward
+        ctx.calls[key] = call + 1
         if key in self.plan.token_flat:
             value, n = token_rows(value, ctx.size, f"{key[1]}.{key[0]}")
-            return token_flat(self._apply_rows(key, value, ctx), n)
-        return self._apply_rows(key, value, ctx)
+            return token_flat(self._apply_rows(key, value, ctx, call), n)
+        return self._apply_rows(key, value, ctx, call)
 
-    def _apply_rows(self, key: tuple[str, str], value: Any, ctx: Ctx) -> Any:
+    def _apply_rows(self, key: tuple[str, str], value: Any, ctx: Ctx, call: int) -> Any:
         for act in self.plan.actions.get(key, ()):
             idx = ctx.rows_for(act)
-            if not self._on(act, ctx) or idx == []:
+            if not self._on(act, ctx) or idx == [] or act.target.call not in (None, call):
                 continue
             try:
                 if isinstance(act, SetAction) and act.from_row is not None:
@@ -395,6 +397,7 @@ class Interleaver:
         first = [True]
 
         def hook(mod, args):
+            ctx.calls = {}  # a new forward: call indices count from 0 again
             if first[0]:
                 first[0] = False
                 return

@@ -93,7 +93,7 @@ class _Resolver:
     def fail(self, where: str, msg: str) -> None:
         self.problems.append(f"{where}: {msg}")
 
-    def targets(self, site: str, where: str) -> list[Target]:
+    def targets(self, site: str, where: str, call: int | None = None) -> list[Target]:
         try:
             s = parse_value_site(site)
             found = _expand(s.module, self.loaded, self.tree)
@@ -105,15 +105,19 @@ class _Resolver:
             if self.tree.calls.get(raw, 0) == 0:
                 self.fail(where, f"module '{raw}' is not called in a forward pass")
                 continue
-            if self.tree.calls[raw] > 1:
+            n = self.tree.calls[raw]
+            if (n > 1 and call is None) or (call or 0) >= n:
+                what = "choose one with `call: 0`" + (f" to `{n - 1}`" if n > 2 else " or `1`")
                 self.fail(
                     where,
-                    f"module '{raw}' runs {self.tree.calls[raw]} times per forward; "
-                    "ops on modules called more than once are not supported",
+                    f"module '{raw}' runs {n} time{'s' if n > 1 else ''} per forward; "
+                    + (what if n > 1 else f"call {call} is out of range"),
                 )
                 continue
             label = str(s.with_module(shown)) if s.module != "logits" else "logits"
-            out.append(self._flat(Target(raw, s.attr or "output", standard, s.index, label)))
+            label += f".call{call}" if n > 1 else ""
+            tgt = Target(raw, s.attr or "output", standard, s.index, label, call if n > 1 else None)
+            out.append(self._flat(tgt))
         return out
 
     def _flat(self, target: Target) -> Target:
@@ -182,7 +186,8 @@ class _Resolver:
             needed.append(self.plan.loss.target)
         self.generation()
         saves = [self.tree.event_index(*t.event) for t in needed]
-        if saves and None not in saves and self.spec.generate is None:
+        once = all(t.call is None for t in needed)  # event_index finds a module's first call
+        if saves and None not in saves and self.spec.generate is None and once:
             self.plan.stop_event = self.tree.events[max(saves)]
         if self.problems:
             raise PlanError(self.problems)
@@ -204,7 +209,7 @@ class _Resolver:
         elif isinstance(op, SetOp):
             if op.positions is not None and "[" in op.set:
                 self.fail(where, "use positions or an index selector on a set, not both")
-            for tgt in self.targets(op.set, f"{where}.set"):
+            for tgt in self.targets(op.set, f"{where}.set", op.call):
                 value, row = op.value, None
                 if isinstance(value, FromValue):
                     row = value.from_.row
@@ -234,7 +239,7 @@ class _Resolver:
             if calls == 0:
                 reason = "not called in a forward pass"
             elif calls > 1:
-                reason = f"called {calls} times per forward"
+                reason = f"called {calls} times per forward (save one call with `call: k`)"
             elif not kind or not kind.startswith(("tensor", "tuple")):
                 reason = f"returns {kind}, not a tensor"
             elif op.positions is not None and not kind.endswith("+seq"):
@@ -336,7 +341,7 @@ class _Resolver:
             self.add(GradAction(tgt, kind, save, op.value, op.mode, op.positions, where))
 
     def save(self, op: SaveOp, where: str) -> None:
-        found = self.targets(op.save, f"{where}.save")
+        found = self.targets(op.save, f"{where}.save", op.call)
         pattern = parse_value_site(op.save).is_pattern
         apply = []
         for m in op.apply:

@@ -54,6 +54,7 @@ class Ctx:
     masks: dict[int, list[int] | None] = field(default_factory=dict)  # id(action) -> its rows
     pair_fields: list[str] = field(default_factory=list)  # data.pair.fields, for messages
     widths: dict[str, int] = field(default_factory=dict)  # id column -> the width it indexes
+    calls: dict[tuple[str, str], int] = field(default_factory=dict)  # hook firings this forward
 
     @property
     def size(self) -> int:

@@ -163,6 +163,9 @@ class SaveOp(_Strict):
     dtype: Dtype | None = None
     """Cast before saving; default: the value's own dtype."""
     steps: Steps = None
+    call: int | None = Field(None, ge=0, le=1023)
+    """Which call of a module that runs more than once per forward pass (0: the first), as
+    nnsight's `.next()`; needed on such a module, refused on one called once above 0."""
     special_tokens: Literal["keep", "drop"] = "keep"
     """drop: leave the tokenizer's special tokens (BOS, EOS...) out of the value's sequence
     dimension before `apply` and `reduce`, so the saved tokens are text tokens only (a BOS
@@ -196,6 +199,9 @@ class SetOp(_Strict):
     mode: Literal["replace", "add", "scale"] = "replace"
     """replace: x = v; add: x = x + v; scale: x = x * v."""
     steps: Steps = None
+    call: int | None = Field(None, ge=0, le=1023)
+    """Which call of a module that runs more than once per forward pass (0: the first), as
+    nnsight's `.next()`; needed on such a module, refused on one called once above 0."""
 
     _site = field_validator("set")(_value_site)
 
