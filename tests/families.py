@@ -76,6 +76,9 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 FAMILIES = list(CONFIGS)
 LAYERS = 2
+#: families with a residual value between attention and MLP (the others run them in parallel,
+#: or normalize after the residual add)
+RESID_MID = [f for f in FAMILIES if f not in ("gptj", "gpt_neox", "opt_postnorm", "bert")]
 
 _LLAMA = {
     "embed": "model.embed_tokens",

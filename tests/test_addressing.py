@@ -214,3 +214,145 @@ def test_call_is_needed_on_a_twice_called_module_and_checked(tmp_path):
     assert "ops.1.save: module 'lin' runs 2 times per forward; choose one" in msg
     assert "ops.2.save: module 'out' runs 1 time per forward; call 1 is out of range" in msg
     assert "ops.3.set: module 'lin' runs 2 times per forward" in msg
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("storage", ["typed", "bytes"])
+def test_attention_weights_per_row(arch, storage, tiny_dirs, run_spec):
+    """Attention weights hold tokens in two dimensions (queries and keys): each row comes out
+    [heads, tokens, tokens], padding cut from both, as HF's output_attentions gives the prompt
+    run alone."""
+    import transformers
+
+    ops = [
+        {"save": "layers.1.attn.output[1]", "as": "w"},  # [1]: the module's weights, not [0]
+        {"save": "blocks.1.attn.hook_pattern[:, :, -1]", "as": "last"},  # from the last token
+    ]
+    spec = make_spec(
+        tiny_dirs[arch],
+        None,
+        ops,
+        prompts=PICKED,
+        model={"attn_implementation": "eager"},
+        execution={"max_padding": 1},
+        output={"tensor_storage": storage},
+    )
+    ds = run_spec(spec)
+    w, last = by_id(ds, "w"), by_id(ds, "last")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        tiny_dirs[arch], attn_implementation="eager"
+    ).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_dirs[arch])
+    for k, prompt in enumerate(PICKED):
+        with torch.no_grad():
+            out = model(**tok(prompt, return_tensors="pt"), output_attentions=True)
+        want = out.attentions[1][0]  # [heads, queries, keys]
+        _close(w[k], want, "weights")
+        _close(last[k], want[:, -1], "the last query's weights")
+
+
+def test_attention_weights_are_refused_where_they_cannot_be_written(tiny_dirs):
+    eager = {"attn_implementation": "eager"}
+    w = [{"save": "layers.1.attn.output[1]", "as": "w"}]
+    msg = plan_problems(
+        make_spec(tiny_dirs["llama"], None, w, model=eager, generate={"max_new_tokens": 2})
+    )
+    assert "ops.0: 'w' holds tokens in several dimensions" in msg
+    assert "not under generate:" in msg
+    msg = plan_problems(
+        make_spec(tiny_dirs["llama"], None, w, model=eager, output={"layout": "per_token"})
+    )
+    assert "cannot be used with output.layout per_token" in msg
+    pos = [{"save": "layers.1.attn.output[1]", "positions": [-1], "as": "w"}]
+    msg = plan_problems(make_spec(tiny_dirs["llama"], None, pos, model=eager))
+    assert "positions need a sequence dimension; shape is [1, 4, " in msg
+
+
+def test_values_inside_a_forward_against_a_recomputation(tiny_dirs, tiny_models, run_spec):
+    """GPT-2's attention probabilities, recomputed from its fused qkv projection by hand, and
+    Llama's MLP activation act(gate(x)) * up(x) and residual stream between attention and MLP."""
+    ops = [
+        {"save": "layers.1.attn.output[1]", "as": "probs"},
+        {"save": "layers.1.attn.c_attn.output", "as": "qkv"},
+    ]
+    eager = {"attn_implementation": "eager"}
+    gpt = by_id(
+        run_spec(make_spec(tiny_dirs["gpt2"], None, ops, prompts=PICKED, model=eager)), "probs"
+    )
+    qkv = by_id(run_spec(make_spec(tiny_dirs["gpt2"], None, ops[1:], prompts=PICKED)), "qkv")
+    heads = tiny_models["gpt2"][0].config.n_head
+    for k in range(len(PICKED)):
+        t, width = qkv[k].shape
+        q, key, _ = qkv[k].split(width // 3, dim=-1)
+        q, key = (x.view(t, heads, -1).transpose(0, 1) for x in (q, key))
+        scores = q @ key.transpose(-1, -2) / q.shape[-1] ** 0.5
+        causal = torch.ones(t, t, dtype=torch.bool).tril()
+        want = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        _close(gpt[k], want, "attention probabilities")
+
+    model, _ = tiny_models["llama"]
+    mlp = model.model.layers[1].mlp
+    ops = [
+        {"save": "layers.1.mlp.input", "as": "x"},
+        {"save": "layers.1.mlp.down_proj.input", "as": "act"},
+        {"save": "layers.1.resid_mid", "as": "mid"},
+        {"save": "layers.1.input", "as": "pre"},
+        {"save": "layers.1.attn.output", "as": "attn"},
+    ]
+    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=PICKED))
+    x, act, mid, pre, attn = (by_id(ds, c) for c in ("x", "act", "mid", "pre", "attn"))
+    for k in range(len(PICKED)):
+        with torch.no_grad():
+            want = mlp.act_fn(mlp.gate_proj(x[k])) * mlp.up_proj(x[k])
+        _close(act[k], want, "the MLP's activation")
+        _close(mid[k], pre[k] + attn[k], "resid_mid")
+
+
+def test_keyword_arguments_by_name(tiny_dirs, tiny_models, run_spec):
+    """The kwargs half of `.inputs`: a decoder layer's position ids and rotary embedding, and a
+    set on the attention's hidden_states keyword, against plain hooks with kwargs."""
+    model, tok = tiny_models["llama"]
+    ops = [
+        {"save": "layers.0.inputs[1]['position_ids']", "as": "pos"},
+        {"save": "layers.0.inputs[1]['position_embeddings'][0]", "as": "cos"},
+        {"set": "layers.1.attn.inputs[1]['hidden_states'][:, -1]", "value": 0.0},
+        {"save": "logits[:, -1]", "as": "last"},
+    ]
+    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=PICKED))
+    pos, cos, last = (by_id(ds, c) for c in ("pos", "cos", "last"))
+    got = {}
+
+    def keep(mod, args, kwargs):
+        got["cos"] = kwargs["position_embeddings"][0]
+
+    def edit(mod, args, kwargs):
+        h = kwargs["hidden_states"].clone()
+        h[:, -1] = 0.0
+        return args, {**kwargs, "hidden_states": h}
+
+    layers = model.model.layers
+    handles = [
+        layers[0].register_forward_pre_hook(keep, with_kwargs=True),
+        layers[1].self_attn.register_forward_pre_hook(edit, with_kwargs=True),
+    ]
+    try:
+        for k, prompt in enumerate(PICKED):
+            ids = tok(prompt, return_tensors="pt")
+            with torch.no_grad():
+                out = model(**ids)
+            n = ids["input_ids"].shape[1]
+            assert pos[k].tolist() == list(range(n))
+            _close(cos[k], got["cos"][0], "rotary cos")
+            _close(last[k], out.logits[0, -1], "logits after the keyword set")
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_keyword_arguments_bad_names_say_what_the_module_got(tiny_dirs):
+    ops = [{"save": "layers.0.inputs[1]['position_idz']"}]
+    msg = plan_problems(make_spec(tiny_dirs["llama"], None, ops))
+    assert "no keyword argument 'position_idz' with ['name'] (the module got: " in msg
+    assert "position_ids" in msg
+    msg = plan_problems(make_spec(tiny_dirs["llama"], None, [{"save": "layers.0.inputs[1]"}]))
+    assert "the value is a dict of keyword arguments (" in msg

@@ -95,6 +95,8 @@ def test_standardized_names_match_plain_hooks(family, family_dirs, run_spec):
         ops.append({"save": "layers.*.output", "apply": ["final_norm", "lm_head"], "as": "lens"})
     if causal:
         ops.append({"save": "logits", "as": "logits"})
+    if family in families.RESID_MID:
+        ops.append({"save": "blocks.*.hook_resid_mid", "as": "mid"})  # = layers.*.resid_mid
     ds = run_spec(
         make_spec(family_dirs[family], None, ops, prompts=PICKED, execution={"max_padding": 1})
     )
@@ -125,6 +127,10 @@ def test_standardized_names_match_plain_hooks(family, family_dirs, run_spec):
                         f"layers.{i}.{p}.input",
                     )
             _check_data_flow(family, cols, k, i, ref)
+            if family in families.RESID_MID:  # recomputed: the layer's input + attention branch
+                branch = "attn_post_norm" if "attn_post_norm" in table else "attn"
+                want = ref[layer, "input"] + ref[_raw(family, branch, i), "output"]
+                _close(cols[f"mid.{i}"][k], _row(want), f"layers.{i}.resid_mid")
         if "final_norm" in table:
             _close(
                 cols["final_norm"][k], ref[_raw(family, "final_norm"), "output"][0], "final_norm"
@@ -166,3 +172,14 @@ def _check_data_flow(family, cols, k, i, ref):
     else:
         mlp = cols[f"mlp_down_proj.{i}"][k]
     _close(cols[f"in.{i}"][k] + attn + mlp, cols[f"out.{i}"][k], f"layers.{i}: input + attn + mlp")
+
+
+def test_resid_mid_is_refused_where_it_does_not_exist_or_is_written(family_dirs):
+    from conftest import plan_problems
+
+    mid = [{"save": "layers.0.resid_mid"}]
+    msg = plan_problems(make_spec(family_dirs["gptj"], None, mid))
+    assert "the gptj's layers have no resid_mid: its attention and MLP read the same input" in msg
+    write = [{"set": "layers.0.resid_mid", "value": 0}, {"save": "logits"}]
+    msg = plan_problems(make_spec(family_dirs["llama"], None, write))
+    assert "ops.0.set: layers.0.resid_mid is read-only" in msg

@@ -66,13 +66,13 @@ def test_a_session_plans_columns_once_per_spec_shape(tiny_dirs, tmp_path, monkey
     from raysight.engine import plan as plan_module
 
     calls = []
-    real = plan_module._infer_columns
+    real = plan_module.infer_columns
 
     def counted(spec, *args):
         calls.append([op.model_dump(mode="json") for op in spec.ops])
         return real(spec, *args)
 
-    monkeypatch.setattr(plan_module, "_infer_columns", counted)
+    monkeypatch.setattr(plan_module, "infer_columns", counted)
     np.save(tmp_path / "v.npy", np.ones(32, dtype=np.float32))
     save = [{"save": "layers.1.output", "positions": [-1], "as": "h"}]
     other = [{"save": "layers.0.output", "positions": [-1], "as": "h"}]

@@ -64,12 +64,14 @@ def test_tl_names_take_indices_wildcards_and_ranges():
     assert str(parse_value_site("blocks.-1.hook_resid_post")) == "layers.-1.output"
     assert parse_value_site("blocks.*.attn.hook_z").module == "layers.*.attn.out_proj"
     assert parse_value_site("blocks.2:4.mlp.hook_post").module == "layers.2:4.mlp.down_proj"
+    # the pattern is the attention module's own element 1, and the user's index follows it
+    pattern = "blocks.1.attn.hook_pattern[:, :, -1]"
+    assert str(parse_value_site(pattern)) == "layers.1.attn.output[1][:, :, -1]"
 
 
 def test_tl_hooks_with_no_module_value_say_what_to_use(tiny_dirs):
     for hook, says in [
-        ("blocks.3.hook_resid_mid", "save layers.3.mlp_norm.input"),
-        ("blocks.0.attn.hook_pattern", "computed inside the attention's forward"),
+        ("blocks.0.attn.hook_attn_scores", "computed inside the attention's forward"),
         ("blocks.0.attn.hook_q", "layers.0.attn.q_proj.output"),
         ("blocks.0.hook_nonsense", "the TL names it accepts are: hook_embed"),
         ("layers.1.hook_resid_post", "looks like a TransformerLens hook"),
@@ -78,8 +80,8 @@ def test_tl_hooks_with_no_module_value_say_what_to_use(tiny_dirs):
             parse_value_site(hook)
         assert says in str(e.value), (hook, str(e.value))
     # in a spec: the field is named, with the same message
-    msg = plan_problems(make_spec(tiny_dirs["gpt2"], None, [{"save": "blocks.0.hook_resid_mid"}]))
-    assert "ops.0.save" in msg and "mlp_norm.input" in msg
+    msg = plan_problems(make_spec(tiny_dirs["gpt2"], None, [{"save": "blocks.0.attn.hook_q"}]))
+    assert "ops.0.save" in msg and "c_attn" in msg
 
 
 def test_bert_has_no_mlp_module_and_says_so(tiny_dirs):

@@ -23,6 +23,8 @@ def decode(arr: pa.Array, dtype: str, shape: list[int | None]) -> torch.Tensor |
     n = len(arr)
     if isinstance(arr, pa.ExtensionArray):
         arr = arr.storage
+    if None in shape[1:]:
+        return _decode_flat_rows(arr, dtype, shape)
     variable = bool(shape) and shape[0] is None
     rest = [int(d) for d in (shape[1:] if variable else shape)]
     width = int(np.prod(rest)) if rest else 1
@@ -70,3 +72,27 @@ def _decode_bytes(
     values = _from_numpy(data.view(raw), dtype)
     ends = (offsets - offsets[0]) // item
     return [values[ends[i] : ends[i + 1]].reshape(-1, *rest) for i in range(n)]
+
+
+def _decode_flat_rows(arr: pa.Array, dtype: str, shape: list[int | None]) -> list:
+    """Rows stored flat (tokens in a dimension after the first): every None in ``shape`` is the
+    row's token count, the one number that makes the row's length come out."""
+    n = len(arr)
+    raw = np.uint16 if dtype == "bfloat16" else _NP[_TORCH[dtype]]
+    if pa.types.is_large_binary(arr.type):
+        item = _TORCH[dtype].itemsize
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+        data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+        values, ends = _from_numpy(data.view(raw), dtype), (offsets - offsets[0]) // item
+    else:
+        offsets = arr.offsets.to_numpy()
+        ends = offsets - offsets[0]
+        values = _from_numpy(arr.flatten().to_numpy(zero_copy_only=False), dtype)
+    known = int(np.prod([d for d in shape if d is not None])) if shape else 1
+    k = sum(d is None for d in shape)
+    out = []
+    for i in range(n):
+        row = values[ends[i] : ends[i + 1]]
+        tokens = round((row.numel() / known) ** (1 / k)) if known else 0
+        out.append(row.reshape([tokens if d is None else d for d in shape]))
+    return out

@@ -260,7 +260,8 @@ def _norms(ds: Any, max_rows: int = 10_000, **_: Any) -> Chart:
         rows = data if isinstance(data, list) else [data]
         shape = c["shape"]  # per row; None is the token dimension: a scalar per token
         last = shape[-1] if shape and isinstance(shape[-1], int) else 1
-        per = [np.asarray(r.float().reshape(-1, last)) for r in rows]
+        keys = None in shape[1:]  # attention weights: the last dimension is the keys
+        per = [np.asarray(r.float().reshape(-1, r.shape[-1] if keys else last)) for r in rows]
         flat = np.concatenate(per) if per else np.zeros((0, 1))
         means[c["name"]] = float(np.linalg.norm(flat, axis=-1).mean()) if len(flat) else np.nan
     by_base: dict[str, list[tuple[int, float, str]]] = {}

@@ -176,7 +176,7 @@ class Dataset:
         the peak is the result and one batch."""
         (name,) = self._checked([column])
         info = self._info.get(name)
-        if info is None or (info["shape"] and info["shape"][0] is None):
+        if info is None or None in info["shape"]:
             parts = [
                 self._to_torch(name, b.column(name))
                 for b in self.iter_batches([name], rows, filter=filter)

@@ -94,7 +94,7 @@ def record_batch(
                 ) from None
     for col in plan.columns:
         data = values[col.name]
-        if col.variable and not torch.is_tensor(data):  # a row with no steps (stopped early)
+        if col.variable and not col.ragged and not torch.is_tensor(data):  # no steps (stopped)
             empty = torch.empty((0, *col.shape[1:]), dtype=col.torch_dtype)
             data = [r if r.numel() else empty for r in data]
         if spec.output.layout == "per_token":

@@ -1,6 +1,6 @@
 """Plan a run without loading weights: resolve every site on the meta-device model, infer each
 column's per-row shape and dtype by running the interleaver itself on meta tensors at two
-sequence lengths (a dimension that changes is the token dimension), and build the Arrow schema.
+sequence lengths (engine/columns.py), and build the Arrow schema.
 """
 
 from __future__ import annotations
@@ -8,26 +8,21 @@ from __future__ import annotations
 import copy
 import json
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import torch
 
-from ..data.batching import Batch, Encoded, collate
-from ..interleave.interleaver import Interleaver, OpError
-from ..interleave.resolve import HookPlan, ModuleTree, PlanError, sample_inputs, trace_tree
-from ..interleave.selectors import SelectError
+from ..interleave.resolve import HookPlan, ModuleTree, PlanError, trace_tree
 from ..interleave.variants import resolve
-from ..models.loading import LoadedModel, load_model, meta_safe
-from ..spec.backward import CrossEntropyLoss
+from ..models.loading import LoadedModel, load_model
 from ..spec.generate import step_range
 from ..spec.models import Spec
 from ..spec.reduce import strings_name
-from ..spec.sweep import axis_values, has_placeholder
-from ..spec.variants import site_key, token_fields
+from ..spec.sweep import axis_values
 from ..writers.encode import ColumnInfo, arrow_field
 from ..writers.tokens import strings_field
+from .columns import infer_columns, min_tokens
 
 __all__ = ["RunPlan", "identity_fields", "make_plan", "min_tokens"]
 
@@ -64,158 +59,6 @@ class RunPlan:
                 for c in (s.column, f"{s.column}_ids", f"{s.column}_values"):
                     out[c] = len(steps)
         return out
-
-
-def _meta_batch(spec: Spec, loaded: LoadedModel, sample: Any, length: int) -> Batch:
-    """One unpadded row of ``length`` tokens (or the sample tensor) per sweep variant and pair
-    member, for the meta model."""
-    n_var = len(spec.variants)
-    if loaded.kind == "tensor":
-        inputs = sample_inputs(loaded, sample, length)
-        inputs = {k: v.expand(n_var, *v.shape[1:]) for k, v in inputs.items()}
-        b = Batch(list(range(n_var)), inputs, [0] * n_var, [1] * n_var, None, [None] * n_var)
-        b.variants = list(range(n_var))
-        return b
-    targets = {col: 0 for col, _ in token_fields(spec)}
-    members = range(len(spec.data.pair.fields)) if spec.data.pair else [None]
-    items = [
-        Encoded(v, [0] * length, None, targets=targets, member=m, variant=v, unit=v)
-        for v in range(n_var)
-        for m in members
-    ]
-    causal = loaded.kind == "causal"
-    batch = collate(items, 0, "left" if causal else "right", causal)
-    # no padding, so no attention mask (meta tensors cannot build one)
-    inputs = {k: v.to(loaded.device) for k, v in batch.inputs.items() if k != "attention_mask"}
-    return replace(batch, inputs=inputs)
-
-
-def _row_shape(data: Any, name: str, where: str) -> tuple[tuple[int, ...], torch.dtype]:
-    if torch.is_tensor(data):
-        return tuple(data.shape[1:]), data.dtype
-    shapes = {tuple(r.shape) for r in data}
-    if len(shapes) > 1:
-        raise PlanError(
-            [
-                f"{where}: '{name}' has per-row shapes {sorted(map(list, shapes))} in different "
-                "sweep variants; every variant writes the same columns, so make them agree"
-            ]
-        )
-    return tuple(data[0].shape), data[0].dtype
-
-
-def _infer_columns(
-    spec: Spec, loaded: LoadedModel, hooks: HookPlan, sample: Any, max_length: int
-) -> list[ColumnInfo]:
-    need = min_tokens(spec)
-    # two unpadded rows of different lengths, both within the positions the model has
-    longer = min(max(8, need + 2) + 3, max_length)
-    lengths = (max(need, longer - 3), longer)
-    runs, widths = [], {}
-    for length in lengths:
-        try:
-            with meta_safe(loaded):
-                batch = _meta_batch(spec, loaded, sample, length)
-                interleaver = Interleaver(loaded, hooks)
-                runs.append(interleaver.run(batch, probe=True))
-                widths = interleaver.widths
-        except (OpError, SelectError) as e:
-            raise PlanError(getattr(e, "problems", None) or [str(e)]) from None
-        except Exception as e:
-            raise PlanError([f"model: a meta-device forward with the ops failed ({e})"]) from None
-    where = {s.column: s for s in hooks.saves}
-    vocab = _vocab_size(loaded)
-    problems, cols = [], []
-    for name in hooks.columns:
-        base = name.removesuffix("_ids").removesuffix("_values")
-        act = where.get(name) or where.get(base)
-        (a, dtype), (b, _) = (_row_shape(r[name], name, act.where) for r in runs)
-        shape = tuple(x if x == y else None for x, y in zip(a, b))
-        if act.drop_special and shape:  # the text tokens' count: the meta rows' ids say nothing
-            shape = (None, *shape[1:])
-        if None in shape[1:]:
-            problems.append(
-                f"{act.where}: '{name}' changes shape with the prompt length in "
-                f"more than its first dimension ({list(a)} vs {list(b)}); select a "
-                "fixed part of it (positions or an index)"
-            )
-            continue
-        if spec.generate is not None:
-            shape, problem = _over_steps(shape, act, spec.generate.max_new_tokens)
-            if problem:
-                problems.append(problem)
-                continue
-        storage = spec.output.tensor_storage if shape else "typed"
-        site = _site_text(spec, act.where) or act.target.label
-        is_vocab = vocab is not None and widths.get(name) == vocab
-        col = ColumnInfo(name, str(dtype).removeprefix("torch."), shape, site, storage, is_vocab)
-        if spec.output.layout == "per_token":
-            if not col.variable:
-                problems.append(
-                    f"{act.where}: '{name}' has no token dimension (per-row shape "
-                    f"{list(a)}); output.layout per_token needs one per token"
-                )
-                continue
-            col = replace(col, shape=col.shape[1:])
-        cols.append(col)
-    if problems:
-        raise PlanError(problems)
-    return cols
-
-
-def _vocab_size(loaded: LoadedModel) -> int | None:
-    """The width of the model's logits (its output embedding's rows, which may pad the
-    tokenizer's vocabulary), or None for a model without a tokenizer."""
-    if loaded.tokenizer is None:
-        return None
-    head = getattr(loaded.module, "get_output_embeddings", lambda: None)()
-    weight = getattr(head, "weight", None)
-    if weight is not None and weight.dim() == 2:
-        return int(weight.shape[0])
-    size = getattr(getattr(loaded.module, "config", None), "vocab_size", None)
-    return size if isinstance(size, int) else len(loaded.tokenizer)
-
-
-def _site_text(spec: Spec, where: str) -> str | None:
-    """The site as the spec writes it when it holds sweep placeholders (its variants differ)."""
-    section, i = where.split(".")[:2]
-    op = getattr(spec, section)[int(i)]
-    text = getattr(op, site_key(op))
-    return text if has_placeholder(text) else None
-
-
-def _over_steps(shape: tuple, act: Any, n_steps: int) -> tuple[tuple, str | None]:
-    """A column's per-row shape when generating: a step-0-only op keeps its shape; an op over
-    later steps stacks one value per step ([steps, ...]), where a token dimension is 1."""
-    steps = step_range(act.steps, n_steps)
-    if list(steps) == [0]:
-        return shape, None
-    if shape and shape[0] is None:
-        if 0 in steps:
-            return shape, (
-                f"{act.where}: '{act.target.label}' is stacked over steps {act.steps!r}, but "
-                "step 0 has every prompt token and later steps one; select positions (e.g. "
-                "[-1]) or save step 0 in an op of its own"
-            )
-        shape = (1, *shape[1:])
-    return (None, *shape), None
-
-
-def min_tokens(spec: Spec, variant: int | None = None) -> int:
-    """The fewest real tokens a row needs for every op's positions to exist, in one sweep
-    variant (or in every variant)."""
-    chosen = spec.variants if variant is None else [spec.variants[variant]]
-    ops = [op for v in chosen for op in (*v.edits, *v.ops)]
-    pos = [p for op in ops for p in (getattr(op, "positions", None) or [])]
-    if spec.backward is not None:
-        loss = spec.backward.loss
-        pos += getattr(loss, "positions", None) or []
-        for key in ("logprob", "logit", "logit_diff"):
-            if getattr(loss, key, None) is not None:
-                pos.append(getattr(loss, key).position)
-        if isinstance(loss, CrossEntropyLoss):
-            pos.append(1)  # a next-token prediction needs two tokens
-    return max([1, *(max(p + 1, -p) for p in pos)])
 
 
 def identity_fields(
@@ -345,11 +188,15 @@ def _columns(
         data["data"].pop(key, None)
     key = json.dumps([data, max_length], sort_keys=True, default=str)
     if sample is not None or '"file":' in key:
-        return _infer_columns(spec, meta, hooks, sample, max_length)
-    kept = _COLUMNS.setdefault(meta.module, {})
-    if key not in kept:
-        kept[key] = _infer_columns(spec, meta, hooks, sample, max_length)
-    return copy.deepcopy(kept[key])
+        cols, dims = infer_columns(spec, meta, hooks, sample, max_length)
+    else:
+        kept = _COLUMNS.setdefault(meta.module, {})
+        if key not in kept:
+            kept[key] = infer_columns(spec, meta, hooks, sample, max_length)
+        cols, dims = copy.deepcopy(kept[key])
+    for s in hooks.saves:
+        s.token_dims = dims.get(s.column)
+    return cols
 
 
 def _max_length(spec: Spec, meta: LoadedModel) -> int:

@@ -52,6 +52,9 @@ class SaveAction:
     tokens: dict[str, Any] | None = None  # metric reduce: a/b/token -> id or ("field", column)
     variants: frozenset[int] | None = None  # sweep variants it applies to (None: all)
     drop_special: bool = False  # leave the tokenizer's special tokens out (HookPlan.special_ids)
+    # the hooked tensor's dims that hold tokens, where not dim 1 alone (attention weights: the
+    # query and key dims); measured by the plan's probe (engine/plan.py)
+    token_dims: tuple[int, ...] | None = None
 
 
 @dataclass

@@ -79,7 +79,7 @@ class Interleaver:
     # ------------------------------------------------------------------ saves
     @torch.no_grad()
     def _save(self, value: Any, act: SaveAction, ctx: Ctx) -> None:
-        data = extract(value, act.target, act.positions, ctx)
+        data = extract(value, act.target, act.positions, ctx, act.token_dims)
         if act.drop_special:
             data = text_tokens(data, act.target.label, self.plan.special_ids, ctx)
         if act.positions is None and not act.apply and act.reduce is None:
@@ -341,6 +341,8 @@ class Interleaver:
         ctx.generating = self.plan.generate is not None and not probe
         ctx.pair_fields = self.plan.pair_fields
         self.widths = ctx.widths  # filled as the saves run; read by planning
+        ctx.raw_shapes = {} if probe else None
+        self.raw_shapes = ctx.raw_shapes  # each saved tensor's shape, for planning
         per_step: dict[int, dict[str, Any]] = {}
         handles, patched = [], []
         try:

@@ -15,14 +15,13 @@ from ..spec.backward import FieldRef, GradOp, MeanLoss, SumLoss, loss_kind
 from ..spec.models import CacheOp, FromValue, SaveOp, SetOp, SkipOp, Spec, TopK, Variant
 from ..spec.reduce import metric_refs, strings_name
 from ..spec.sites import (
-    ROOT,
     SiteError,
-    expand_module_pattern,
     parse_module_site,
     parse_value_site,
 )
 from ..spec.variants import RESERVED
 from .actions import GradAction, HookPlan, LossAction, SaveAction, SetAction, SkipAction, Target
+from .targets import expand, find_targets
 from .tree import ModuleTree, sample_inputs, trace_tree
 
 __all__ = [
@@ -51,33 +50,6 @@ class PlanError(RaysightError, ValueError):
         super().__init__(f"{n} problem{'s' if n != 1 else ''} with the spec on this model:\n{body}")
 
 
-def _expand(pattern: str, loaded: LoadedModel, tree: ModuleTree) -> list[tuple[str, str, bool]]:
-    """(raw path, user-facing path, standardized) for each module a pattern names."""
-    if pattern == ROOT:  # the model itself, on any model: its output's primary value leads
-        return [("", ROOT, True)]
-    raw, standard = loaded.names.translate(pattern)
-    if raw == "":  # a standardized name for what the model returns (Gemma 2's logits)
-        return [("", pattern, standard)]
-    try:
-        found = expand_module_pattern(raw, tree.children)
-    except SiteError:  # a near miss of a standardized name says so first
-        hint = loaded.names.suggest(pattern)
-        if hint is None:
-            raise
-        raise SiteError(hint) from None
-    raw_parts, user_parts = raw.split("."), pattern.split(".")
-    wild = [i for i, p in enumerate(raw_parts) if p == "*" or ":" in p]
-    user_wild = [i for i, p in enumerate(user_parts) if p == "*" or ":" in p]
-    out = []
-    for path in found:
-        parts = path.split(".")
-        shown = list(user_parts)
-        for ri, ui in zip(wild, user_wild):
-            shown[ui] = parts[ri]
-        out.append((path, ".".join(shown), standard))
-    return out
-
-
 class _Resolver:
     def __init__(self, spec: Spec, loaded: LoadedModel, tree: ModuleTree, variant: Variant):
         self.spec, self.loaded, self.tree, self.variant = spec, loaded, tree, variant
@@ -93,32 +65,14 @@ class _Resolver:
     def fail(self, where: str, msg: str) -> None:
         self.problems.append(f"{where}: {msg}")
 
-    def targets(self, site: str, where: str, call: int | None = None) -> list[Target]:
-        try:
-            s = parse_value_site(site)
-            found = _expand(s.module, self.loaded, self.tree)
-        except (SiteError, KeyError) as e:
-            self.fail(where, str(e).strip("\"'"))
-            return []
-        out = []
-        for raw, shown, standard in found:
-            if self.tree.calls.get(raw, 0) == 0:
-                self.fail(where, f"module '{raw}' is not called in a forward pass")
-                continue
-            n = self.tree.calls[raw]
-            if (n > 1 and call is None) or (call or 0) >= n:
-                what = "choose one with `call: 0`" + (f" to `{n - 1}`" if n > 2 else " or `1`")
-                self.fail(
-                    where,
-                    f"module '{raw}' runs {n} time{'s' if n > 1 else ''} per forward; "
-                    + (what if n > 1 else f"call {call} is out of range"),
-                )
-                continue
-            label = str(s.with_module(shown)) if s.module != "logits" else "logits"
-            label += f".call{call}" if n > 1 else ""
-            tgt = Target(raw, s.attr or "output", standard, s.index, label, call if n > 1 else None)
-            out.append(self._flat(tgt))
-        return out
+    def targets(
+        self, site: str, where: str, call: int | None = None, write: bool = False
+    ) -> list[Target]:
+        """The concrete values a site names; ``write``: for a set or a gradient."""
+        found, problems = find_targets(site, self.loaded, self.tree, call, write)
+        for p in problems:
+            self.fail(where, p)
+        return [self._flat(t) for t in found]
 
     def _flat(self, target: Target) -> Target:
         if target.key in (self.tree.flat or ()):
@@ -128,7 +82,7 @@ class _Resolver:
     def modules(self, pattern: str, where: str) -> list[tuple[str, str]]:
         try:
             parse_module_site(pattern)
-            return [(raw, shown) for raw, shown, _ in _expand(pattern, self.loaded, self.tree)]
+            return [(raw, shown) for raw, shown, _ in expand(pattern, self.loaded, self.tree)]
         except (SiteError, KeyError) as e:
             self.fail(where, str(e).strip("\"'"))
             return []
@@ -209,7 +163,7 @@ class _Resolver:
         elif isinstance(op, SetOp):
             if op.positions is not None and "[" in op.set:
                 self.fail(where, "use positions or an index selector on a set, not both")
-            for tgt in self.targets(op.set, f"{where}.set", op.call):
+            for tgt in self.targets(op.set, f"{where}.set", op.call, write=True):
                 value, row = op.value, None
                 if isinstance(value, FromValue):
                     row = value.from_.row
@@ -318,7 +272,7 @@ class _Resolver:
         loss = self.plan.loss
         pattern = parse_value_site(op.grad).is_pattern
         kind = "set" if op.is_set else "attribution" if op.attribution else "save"
-        for tgt in self.targets(op.grad, f"{where}.grad"):
+        for tgt in self.targets(op.grad, f"{where}.grad", write=True):
             if loss is not None:
                 gi = self.tree.event_index(*tgt.event)
                 li = self.tree.event_index(*loss.target.event)

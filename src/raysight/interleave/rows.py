@@ -55,6 +55,7 @@ class Ctx:
     pair_fields: list[str] = field(default_factory=list)  # data.pair.fields, for messages
     widths: dict[str, int] = field(default_factory=dict)  # id column -> the width it indexes
     calls: dict[tuple[str, str], int] = field(default_factory=dict)  # hook firings this forward
+    raw_shapes: dict[Any, tuple[int, ...]] | None = None  # planning: each saved tensor's shape
 
     @property
     def size(self) -> int:
@@ -148,25 +149,40 @@ def has_seq(x: torch.Tensor, ctx: Ctx) -> bool:
     return ctx.token_model and x.dim() >= 2 and x.shape[1] == ctx.width
 
 
-def row_view(x: torch.Tensor, i: int, seq: bool, groups: tuple, ctx: Ctx, label: str):
+def row_view(
+    x: torch.Tensor, i: int, seq: bool | tuple[int, ...], groups: tuple, ctx: Ctx, label: str
+):
     """Row i as nnsight shows a prompt run alone: batch dim kept, padding cut, selectors applied.
+    ``seq``: whether dim 1 holds the tokens, or the dims that do (attention weights: the query
+    and key dims).
 
     Only basic indexing is used, so the result is a view: writing into it writes into ``x``.
     """
     b = ctx.batch
     r = x[i : i + 1]
-    if seq:
-        r = r[:, b.starts[i] : b.starts[i] + b.lengths[i]]
+    for d in (1,) if seq is True else seq or ():
+        r = r.narrow(d, b.starts[i], b.lengths[i])
     for g in groups:
         r = r[to_torch_index(g, r.dim(), label)]
     return r
 
 
 def rows(
-    x: torch.Tensor, tgt: Target, groups: tuple, positions: list[int] | None, ctx: Ctx
+    x: torch.Tensor,
+    tgt: Target,
+    groups: tuple,
+    positions: list[int] | None,
+    ctx: Ctx,
+    token_dims: tuple[int, ...] | None = None,
 ) -> torch.Tensor | list[torch.Tensor]:
-    """Per-row values of a batched tensor: [rows, ...] when fixed-shape, else a list."""
+    """Per-row values of a batched tensor: [rows, ...] when fixed-shape, else a list.
+    ``token_dims``: the dims holding tokens where they are not dim 1 alone (the plan measures
+    them: attention weights have two)."""
     b = ctx.batch
+    if ctx.raw_shapes is not None:  # planning: which dims follow the prompt's length
+        ctx.raw_shapes[tgt] = tuple(x.shape)
+    if token_dims:  # the plan refuses positions here: its probe finds no tokens in dim 1
+        return [row_view(x, i, token_dims, groups, ctx, tgt.label)[0] for i in range(ctx.size)]
     seq = has_seq(x, ctx)
     if positions is not None:
         if not seq:
@@ -183,10 +199,16 @@ def rows(
     return [row_view(x, i, seq, groups, ctx, tgt.label)[0] for i in range(ctx.size)]
 
 
-def extract(value: Any, tgt: Target, positions: list[int] | None, ctx: Ctx):
+def extract(
+    value: Any,
+    tgt: Target,
+    positions: list[int] | None,
+    ctx: Ctx,
+    token_dims: tuple[int, ...] | None = None,
+):
     path, groups = split_index(tgt.index, value, tgt.primary)
     x = batched(container_get(value, path), ctx, tgt.label)
-    return rows(x, tgt, groups, positions, ctx)
+    return rows(x, tgt, groups, positions, ctx, token_dims)
 
 
 def text_tokens(data: Any, label: str, special: list[int], ctx: Ctx) -> list[torch.Tensor]:

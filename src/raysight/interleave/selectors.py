@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..spec.sites import IndexItem, Slice
+from ..spec.sites import IndexItem, Key, Slice
 
 __all__ = [
     "SelectError",
@@ -31,20 +31,32 @@ class SelectError(ValueError):
 
 def split_index(
     index: tuple[tuple[IndexItem, ...], ...], value: Any, primary: bool
-) -> tuple[tuple[int, ...], tuple[tuple[IndexItem, ...], ...]]:
-    """Split index groups into a container path (ints into tuples/lists) and tensor selectors.
+) -> tuple[tuple[int | str, ...], tuple[tuple[IndexItem, ...], ...]]:
+    """Split index groups into a container path (ints into tuples/lists, names into keyword
+    arguments) and tensor selectors.
 
     ``primary`` (standardized names) first picks element 0 of a tuple output, so the meaning of
-    ``layers.N.output`` does not change with the transformers version.
+    ``layers.N.output`` does not change with the transformers version; unless the index picks
+    an element itself (``layers.N.attn.output[1]``: the attention weights), as on a raw path.
     """
-    path: list[int] = []
+    path: list[int | str] = []
     node = _items(value)
-    if primary and isinstance(node, (tuple, list)):
+    picks = bool(index) and len(index[0]) == 1 and isinstance(index[0][0], int)
+    if primary and isinstance(node, (tuple, list)) and not picks:
         path.append(0)
         node = _items(node[0])
     groups = list(index)
-    while groups and isinstance(node, (tuple, list)):
+    while groups and isinstance(node, (tuple, list, dict)):
         group = groups.pop(0)
+        if isinstance(node, dict):  # the kwargs half of .inputs, by name
+            name = group[0].name if isinstance(group[0], Key) else None
+            if name not in node:
+                got = ", ".join(node) or "none"
+                want = f"no keyword argument '{name}'" if name else "pick a keyword argument"
+                raise SelectError(f"{want} with ['name'] (the module got: {got})")
+            path.append(name)
+            node = _items(node[name])
+            continue
         if len(group) != 1 or not isinstance(group[0], int):
             raise SelectError(f"the value is a {type(node).__name__}; pick an element with [k]")
         k = group[0]
@@ -53,7 +65,8 @@ def split_index(
         path.append(k % len(node))
         node = _items(node[k])
     if isinstance(node, dict):
-        raise SelectError("the value is a dict of keyword arguments; it cannot be saved or set")
+        got = ", ".join(node) or "none"
+        raise SelectError(f"the value is a dict of keyword arguments ({got}); pick one: ['name']")
     if node is None:
         raise SelectError(
             "the value is None (an attention module returns its weights only under "
@@ -74,17 +87,19 @@ def _is_model_output(value: Any) -> bool:
     return isinstance(value, dict) and hasattr(value, "to_tuple")
 
 
-def container_get(value: Any, path: tuple[int, ...]) -> Any:
+def container_get(value: Any, path: tuple[int | str, ...]) -> Any:
     for k in path:
         value = _items(value)[k]
     return value
 
 
-def container_set(value: Any, path: tuple[int, ...], new: Any) -> Any:
+def container_set(value: Any, path: tuple[int | str, ...], new: Any) -> Any:
     """A copy of the container with the element at ``path`` replaced (tuples are immutable)."""
     if not path:
         return new
     k, rest = path[0], path[1:]
+    if isinstance(value, dict) and isinstance(k, str):  # a keyword argument
+        return {**value, k: container_set(value[k], rest, new)}
     if _is_model_output(value):  # the same class, one field replaced
         key = list(value.keys())[k]
         return type(value)(**{**value, key: container_set(value[key], rest, new)})
@@ -97,6 +112,10 @@ def to_torch_index(group: tuple[IndexItem, ...], rank: int, where: str) -> tuple
     """Convert a selector group, checking it keeps the batch dimension (dim 0) whole."""
     items: list[Any] = []
     for it in group:
+        if isinstance(it, Key):
+            raise SelectError(
+                f"{where}: [{it}] picks a keyword argument, but the value is a tensor"
+            )
         items.append(slice(it.start, it.stop, it.step) if isinstance(it, Slice) else it)
     first = items[0] if items else slice(None)
     if first is not ... and first != slice(None):

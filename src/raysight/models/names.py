@@ -17,7 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["STANDARD_NAMES", "NameTable"]
+__all__ = ["DERIVED", "STANDARD_NAMES", "NameTable"]
 
 STANDARD_NAMES = ("embed", "layers", "final_norm", "lm_head", "logits")
 
@@ -30,6 +30,9 @@ def _table() -> dict:
 #: names inside one layer, relative to it; and inside its attention or MLP, relative to those
 LAYER_PARTS = ("attn", "mlp", "attn_norm", "mlp_norm", "attn_post_norm", "mlp_post_norm")
 SUB_PARTS = ("attn.out_proj", "mlp.down_proj", "mlp.router")
+#: values inside a layer's forward that no module returns, each named by the standardized value
+#: that holds the same tensor (read-only: writing there would not reach the residual stream)
+DERIVED = ("resid_mid",)
 
 
 class NameTable:
@@ -45,7 +48,7 @@ class NameTable:
                 entry.update(override["names"])
         self._paths: dict[str, str | None] = {}
         for name, candidates in entry.items():
-            if name in LAYER_PARTS or name in SUB_PARTS:  # relative: the first candidate
+            if name in LAYER_PARTS or name in SUB_PARTS or name in DERIVED:  # the first candidate
                 self._paths[name] = candidates[0] if candidates else None
             else:  # '' is the root: the model's own output
                 self._paths[name] = next((c for c in candidates if c in module_names), None)
@@ -71,6 +74,21 @@ class NameTable:
                     rest = [rest[0], self._need(rest[1], path), *rest[2:]]
             return ".".join([base, *rest]), True
         return ".".join(p for p in [self._need(head, path), *parts[1:]] if p), True
+
+    def derived(self, name: str, path: str) -> tuple[str, str]:
+        """(layer part, attr) of the standardized value holding ``layers.N.<name>``."""
+        site = self._paths.get(name)
+        if site is None:
+            why = (
+                "it has no layers table; save a raw module's value"
+                if self.architecture is None
+                else "its attention and MLP read the same input (they run in parallel), so no "
+                "residual value lies between them"
+            )
+            whose = self.architecture or "model"
+            raise KeyError(f"'{path}': the {whose}'s layers have no {name}: {why}")
+        part, attr = site.rsplit(".", 1)
+        return part, attr
 
     def names(self) -> list[str]:
         """The standardized names this model has (``layers.N.attn``... as ``attn``)."""

@@ -21,8 +21,10 @@ from .tl_names import from_transformer_lens
 
 __all__ = [
     "ATTRS",
+    "DERIVED",
     "ROOT",
     "IndexItem",
+    "Key",
     "Site",
     "SiteError",
     "Slice",
@@ -36,6 +38,8 @@ __all__ = [
 ATTRS = ("output", "input", "inputs")
 #: the model itself, as a module path (``root.output``: what the model returns)
 ROOT = "root"
+#: a layer's values that no module returns, named without an attribute (``layers.3.resid_mid``)
+DERIVED = ("resid_mid",)
 _PART = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*|-?\d+|\*|-?\d*:-?\d*(?::[1-9]\d*)?)$")
 
 
@@ -56,8 +60,20 @@ class Slice:
         return ":".join(parts[:2]) if self.step is None else ":".join(parts)
 
 
-# An index item: an int, a Slice, Ellipsis (``...``) or None (``None``: a new axis).
-IndexItem = int | Slice | type(Ellipsis) | None
+@dataclass(frozen=True)
+class Key:
+    """A keyword argument's name, picked from the kwargs half of ``.inputs``:
+    ``inputs[1]['position_ids']``."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return repr(self.name)
+
+
+# An index item: an int, a Slice, Ellipsis (``...``), None (``None``: a new axis) or a Key.
+IndexItem = int | Slice | type(Ellipsis) | None | Key
+_KEY = re.compile(r"""^(['"])([A-Za-z_][A-Za-z0-9_]*)\1$""")
 
 
 @dataclass(frozen=True)
@@ -107,17 +123,20 @@ def parse_value_site(text: str) -> Site:
         alias = from_transformer_lens(head)
     except ValueError as e:
         raise SiteError(str(e)) from None
-    if alias is not None:
-        head = alias
+    if alias is not None:  # an alias may pick a tuple element first (hook_pattern: [1])
+        head, pick = _split(alias, "site")
+        tail = pick + (tail or "")
     parts = head.split(".")
     if parts[-1] in ATTRS and len(parts) > 1:
         module, attr = ".".join(parts[:-1]), parts[-1]
     elif head == "logits":
         module, attr = "logits", "output"
+    elif parts[-1] in DERIVED and len(parts) > 1:
+        module, attr = head, None
     else:
         raise SiteError(
             f"site {text!r} must end in .output, .input or .inputs "
-            f"(e.g. '{head}.output'); only 'logits' stands alone"
+            f"(e.g. '{head}.output'); only 'logits' and a layer's resid_mid stand alone"
         )
     index = parse_index(tail) if tail else ()
     if attr == "inputs" and index and not isinstance(index[0][0], int):
@@ -161,6 +180,9 @@ def _parse_item(tok: str, where: str) -> IndexItem:
         return Slice(*vals)
     if not tok:
         raise SiteError(f"index {where!r}: empty index item")
+    key = _KEY.match(tok)
+    if key:
+        return Key(key.group(2))
     return _parse_int(tok, where)
 
 
@@ -175,6 +197,8 @@ def parse_index(text: str) -> tuple[tuple[IndexItem, ...], ...]:
         items = tuple(_parse_item(tok, text) for tok in body.split(","))
         if sum(1 for i in items if i is ...) > 1:
             raise SiteError(f"index {text!r}: at most one '...' per group")
+        if len(items) > 1 and any(isinstance(i, Key) for i in items):
+            raise SiteError(f"index {text!r}: a keyword name stands alone: ['name']")
         groups.append(items)
     return tuple(groups)
 

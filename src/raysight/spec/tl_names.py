@@ -5,8 +5,10 @@ Each alias is the standardized site holding the same tensor: ``hook_resid_post``
 layer's output, ``attn.hook_z`` the input of the attention's output projection (TL's
 [batch, pos, head, d_head], here [batch, pos, head * d_head]), ``mlp.hook_post`` the input of
 the MLP's down projection (the activation, gated where the MLP is). A TL hook with no module
-value behind it in an HF model (``hook_resid_mid``, ``attn.hook_pattern``, ``hook_q``...) is
-refused with what to use instead. Pure Python: no torch.
+value behind it in an HF model (``hook_q``...) is refused with what to use instead.
+``hook_resid_mid`` is ``layers.N.resid_mid``; ``attn.hook_pattern`` the attention module's
+weights, ``[heads, queries, keys]`` per row (under ``model.attn_implementation: eager``).
+Pure Python: no torch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ TL_HOOKS = {
     "hook_embed": "embed.output",
     "blocks.{i}.hook_resid_pre": "layers.{i}.input",
     "blocks.{i}.hook_resid_post": "layers.{i}.output",
+    "blocks.{i}.hook_resid_mid": "layers.{i}.resid_mid",
     "blocks.{i}.hook_attn_out": "layers.{i}.attn.output",
     "blocks.{i}.hook_mlp_out": "layers.{i}.mlp.output",
     "blocks.{i}.attn.hook_z": "layers.{i}.attn.out_proj.input",
@@ -29,16 +32,13 @@ TL_HOOKS = {
     "blocks.{i}.ln1.hook_normalized": "layers.{i}.attn_norm.output",
     "blocks.{i}.ln2.hook_normalized": "layers.{i}.mlp_norm.output",
     "ln_final.hook_normalized": "final_norm.output",
+    "blocks.{i}.attn.hook_pattern": "layers.{i}.attn.output[1]",
     "unembed": "logits",
     "unembed.output": "logits",
 }
 
 #: TL hooks that are not a module's input or output in an HF model: what to write instead
 _NOT_A_MODULE_VALUE = {
-    "hook_resid_mid": "the residual stream between attention and MLP is not a module's value; "
-    "save layers.{i}.mlp_norm.input (the same tensor, where the MLP has a pre-norm)",
-    "attn.hook_pattern": "attention probabilities are computed inside the attention's forward, "
-    "not returned by a module (raysight has no source tracing yet)",
     "attn.hook_attn_scores": "attention scores are computed inside the attention's forward",
     "attn.hook_q": "per-head queries: save the query projection's output, heads flattened "
     "(Llama: layers.{i}.attn.q_proj.output; GPT-2 fuses q, k and v in layers.{i}.attn.c_attn)",

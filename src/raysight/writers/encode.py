@@ -5,6 +5,9 @@
                           duckdb (``FLOAT[n]``) read it as it is; none of them knows Arrow's
                           ``fixed_shape_tensor`` extension, which datasets written before used
 - variable first dim   -> ``large_list<fixed_size_list<T, rest>>`` (``large_list<T>`` for 1-d)
+- tokens in other dims -> ``large_list<T>``, each row's values flat in C order (attention
+                          weights, ``[heads, tokens, tokens]``): every ``null`` in
+                          ``raysight.shape`` is the row's token count, solved from its length
 - bytes storage        -> ``fixed_size_binary`` / ``large_binary``: one value per row holding
                           the tensor's raw bytes (C order), bit-exact
 
@@ -64,6 +67,11 @@ class ColumnInfo:
     def variable(self) -> bool:
         return bool(self.shape) and self.shape[0] is None
 
+    @property
+    def ragged(self) -> bool:
+        """The row's token count in a dimension after the first (each row stored flat)."""
+        return None in self.shape[1:]
+
     def row_bytes(self, tokens: float) -> float:
         n = prod(tokens if d is None else d for d in self.shape)
         return n * self.torch_dtype.itemsize
@@ -80,6 +88,9 @@ def arrow_field(col: ColumnInfo) -> pa.Field:
         "raysight.site": col.site,
         "raysight.storage": "bytes" if col.as_bytes else "typed",
     }
+    if col.ragged:
+        typ0 = pa.large_binary() if col.as_bytes else pa.large_list(_value_type(col.dtype))
+        return pa.field(col.name, typ0, nullable=False, metadata=meta)
     rest = col.shape[1:] if col.variable else col.shape
     n = prod(rest) if rest else 1
     if col.as_bytes:
@@ -105,6 +116,8 @@ def _flat_numpy(t: torch.Tensor) -> np.ndarray:
 def encode_column(col: ColumnInfo, data: Any) -> pa.Array:
     """Encode one column of a batch: a [rows, ...] tensor or a list of per-row tensors."""
     field = arrow_field(col)
+    if col.ragged:
+        return _encode_flat_rows(col, list(data) if not torch.is_tensor(data) else data.unbind(0))
     if col.variable:
         rows = list(data) if not torch.is_tensor(data) else list(data.unbind(0))
         lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -137,3 +150,19 @@ def encode_column(col: ColumnInfo, data: Any) -> pa.Array:
     for d in reversed(col.shape):
         values = pa.FixedSizeListArray.from_arrays(values, d)
     return values
+
+
+def _encode_flat_rows(col: ColumnInfo, rows: Any) -> pa.Array:
+    """One flat list (or binary value) per row, whatever its shape."""
+    rows = list(rows)
+    lengths = np.fromiter((r.numel() for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = _flat_numpy(
+        torch.cat([r.reshape(-1) for r in rows]) if rows else torch.empty(0, dtype=col.torch_dtype)
+    )
+    if col.as_bytes:
+        size = col.torch_dtype.itemsize
+        return pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(), len(rows), [None, pa.py_buffer(offsets * size), pa.py_buffer(flat)]
+        )
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat))
