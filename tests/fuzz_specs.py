@@ -25,6 +25,7 @@ KEYS = sorted(
         *"max_batch_rows shard_rows max_padding max_retries gpus_per_actor".split(),
         *"max_new_tokens do_sample temperature top_k top_p stop factory".split(),
         *"trust_remote_code device device_map gguf_file tokenizer version sweep edits".split(),
+        *"expr let call attn_implementation".split(),
         "MODEL",
         "data-x",
         "a key",
@@ -66,6 +67,12 @@ STRINGS = [
     "float16",
     "bfloat16",
     "x" * 300,
+    "ablate(x, d)",
+    "cosine(x, x)",
+    "x.__class__",
+    "entropy(x)[tok(' Paris')]",
+    "x[..., None] * x[..., None, :]",
+    "topk(x, 99999)",
     "é\u0000\ud7ff",
 ]
 _SCALAR = st.one_of(

@@ -40,6 +40,7 @@ from ..dataset.records import (
 from ..dataset.store import Store
 from ..dataset.verify import shard_keys
 from ..errors import RaysightError
+from ..interleave.runs import check_earlier_runs
 from ..log import logger
 from ..models.bundled import resolve_bundled
 from ..spec.load import spec_hash, spec_to_dict
@@ -237,6 +238,8 @@ def _run_locked(
     except OSError as e:  # read-only, no space left...
         raise OutputError(f"output.path {out.uri!r}: cannot write there ({e})") from None
 
+    # earlier runs' datasets the ops read: complete, before any model work
+    earlier = check_earlier_runs([op for v in spec.variants for op in (*v.edits, *v.ops)])
     prepared = prepare(spec, base_dir)  # the input from metadata, a sample of rows, the plan
     plan, total, ids = prepared.plan, prepared.total, prepared.id_type
     if plan.hooks.skipped:
@@ -249,7 +252,7 @@ def _run_locked(
     model_dir = spec.model.path
     if model_dir and model_dir.startswith("bundled:"):
         model_dir = resolve_bundled(model_dir)
-    prints = fingerprint(spec, model_dir, plan.source)
+    prints = fingerprint(spec, model_dir, plan.source, earlier)
     if previous is not None:
         changed = changes(previous.fingerprint, prints)
         if not previous.header_intact:

@@ -119,6 +119,7 @@ class HookPlan:
     special_ids: list[int] = field(default_factory=list)  # for saves with special_tokens: drop
     # (attr, module) values laid out [batch × tokens, ...]: viewed as [batch, seq, ...] for ops
     token_flat: set[tuple[str, str]] = field(default_factory=set)
+    expr_tokens: dict[str, int] = field(default_factory=dict)  # tok('text') -> id, expressions
 
     @property
     def hooked(self) -> set[tuple[str, str]]:

@@ -17,9 +17,10 @@ import torch
 from ..data.batching import Batch
 from ..models.loading import LoadedModel
 from ..spec.generate import step_range
-from ..spec.models import FileValue, TopK, ZerosValue
+from ..spec.models import ExprValue, FileValue, TopK, ZerosValue
 from ..spec.reduce import metric_kind
 from .actions import GradAction, HookPlan, SaveAction, SetAction, SkipAction, Target
+from .expr import evaluate
 from .generation import assemble, generate, step_batch
 from .gradients import backward
 from .host import to_host
@@ -46,7 +47,7 @@ from .selectors import (
     container_set,
     split_index,
 )
-from .values import load_tensor_file, make_value
+from .values import check_broadcast, load_tensor_file, make_value
 
 __all__ = ["Interleaver", "OpError"]
 
@@ -88,6 +89,11 @@ class Interleaver:
             data = map_rows(data, self.modules[name].forward)  # direct call: no hooks fire
         if act.tokens is not None:
             red = metric(data, act.tokens, metric_kind(act.reduce), ctx)
+        elif isinstance(act.reduce, ExprValue):  # per row, on the row's value as it is saved
+            ids = ctx.batch.example_ids
+            red = [evaluate(act.reduce, r, self.plan.expr_tokens, i) for r, i in zip(data, ids)]
+            if torch.is_tensor(data) and len({r.shape for r in red}) == 1:
+                red = torch.stack(red)
         else:
             red = map_rows(data, lambda t: reduce_last(t, act.reduce))
         cast = (lambda t: t.to(_DTYPES[act.dtype])) if act.dtype else (lambda t: t)
@@ -111,6 +117,10 @@ class Interleaver:
 
     # ------------------------------------------------------------------ sets
     def _row_value(self, val: Any, like: torch.Tensor, i: int, src: Any, ctx: Ctx, where: str):
+        if isinstance(val, ExprValue):
+            v = evaluate(val, like, self.plan.expr_tokens, ctx.batch.example_ids[i])
+            check_broadcast(v, like, f"{where}: the expression's value")
+            return v.to(like.dtype)
         if isinstance(val, Target):
             v = src[i]
             if torch.broadcast_shapes(v.shape, like.shape) != like.shape:

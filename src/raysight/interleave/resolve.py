@@ -12,7 +12,17 @@ from typing import Any
 from ..errors import RaysightError
 from ..models.loading import LoadedModel
 from ..spec.backward import FieldRef, GradOp, MeanLoss, SumLoss, loss_kind
-from ..spec.models import CacheOp, FromValue, SaveOp, SetOp, SkipOp, Spec, TopK, Variant
+from ..spec.models import (
+    CacheOp,
+    ExprValue,
+    FromValue,
+    SaveOp,
+    SetOp,
+    SkipOp,
+    Spec,
+    TopK,
+    Variant,
+)
 from ..spec.reduce import metric_refs, strings_name
 from ..spec.sites import (
     SiteError,
@@ -21,6 +31,7 @@ from ..spec.sites import (
 )
 from ..spec.variants import RESERVED
 from .actions import GradAction, HookPlan, LossAction, SaveAction, SetAction, SkipAction, Target
+from .expr import token_texts
 from .targets import expand, find_targets
 from .tree import ModuleTree, sample_inputs, trace_tree
 
@@ -148,6 +159,13 @@ class _Resolver:
         return self.plan
 
     def op(self, op: Any, where: str) -> None:
+        for key in ("value", "reduce"):  # an expression's tok('text') lookups, once per plan
+            v = getattr(op, key, None)
+            for text in token_texts(v) if isinstance(v, ExprValue) else ():
+                if self.loaded.tokenizer is None:
+                    self.fail(f"{where}.{key}.expr", "tok() needs a model with a tokenizer")
+                    break
+                self.plan.expr_tokens[text] = self.token(text, f"{where}.{key}.expr")
         if isinstance(op, SaveOp):
             self.save(op, where)
         elif isinstance(op, CacheOp) and op.cache == "*":

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import RaysightError
 from ..spec.models import FileValue, NoiseValue, ZerosValue
+from ..spec.values import DatasetValue
 
 __all__ = ["ValueError_", "check_broadcast", "load_tensor_file", "make_value", "row_seed"]
 
@@ -85,6 +86,12 @@ def make_value(value: Any, like: torch.Tensor, example_id: Any, where: str) -> t
         t = load_tensor_file(value.file.path, value.file.key)
         check_broadcast(t, like, f"{where}: tensor from {value.file.path!r}")
         return (t.to(torch.float32) * value.file.scale).to(like.dtype).to(like.device)
+    if isinstance(value, DatasetValue):
+        from .runs import dataset_value  # reads datasets: only where a spec asks
+
+        t = dataset_value(value, like, example_id)
+        check_broadcast(t, like, f"{where}: the value from {value.dataset!r}")
+        return t
     if isinstance(value, NoiseValue):
         p = value.noise
         if like.device.type == "meta":

@@ -37,7 +37,7 @@ from .generate import GenerateSpec, Steps, parse_steps
 from .output import ExecutionSpec, OutputSpec
 from .reduce import Reduce, TopK
 from .sweep import Axis, Variant
-from .values import FileValue, FromValue, NoiseValue, Value, ZerosValue
+from .values import ExprValue, FileValue, FromValue, NoiseValue, Value, ZerosValue
 
 __all__ = [
     "ALLOW_CODE",
@@ -45,6 +45,7 @@ __all__ = [
     "CacheOp",
     "DataSpec",
     "ExecutionSpec",
+    "ExprValue",
     "FileValue",
     "FromValue",
     "GradOp",
@@ -159,7 +160,8 @@ class SaveOp(_Strict):
     logit lens). Their forward runs directly: no hooks fire."""
     reduce: Reduce | None = None
     """Reduce the last dimension: argmax, topk {topk: k}, norm (L2), mean, or a metric on
-    logits: {logit_diff: {a, b}}, {prob: token}, {logprob: token}."""
+    logits: {logit_diff: {a, b}}, {prob: token}, {logprob: token}; or any expression of the
+    row's value x, {expr: "entropy(x)", let: {...}}."""
     dtype: Dtype | None = None
     """Cast before saving; default: the value's own dtype."""
     steps: Steps = None
@@ -219,6 +221,8 @@ class SkipOp(_Strict):
     @field_validator("with_")
     @classmethod
     def _with_site(cls, v: Any) -> Any:
+        if isinstance(v, ExprValue):
+            raise ValueError("an expression needs a value x to compute from; a skip has none")
         return _value_site(v) if isinstance(v, str) else v
 
 

@@ -13,6 +13,7 @@ from pydantic import Discriminator, Field, Tag
 
 from ._base import _Strict, tag_by_key
 from .backward import TokenRef
+from .values import ExprValue
 
 __all__ = [
     "LogitDiffReduce",
@@ -51,10 +52,11 @@ class LogprobReduce(_Strict):
     """The log-softmax of the last dimension at the token, per position."""
 
 
-_tag = tag_by_key(("topk", "logit_diff", "prob", "logprob"))
+_tag = tag_by_key(("topk", "logit_diff", "prob", "logprob", "expr"))
 Reduce = Annotated[
     Annotated[Literal["argmax", "norm", "mean"], Tag("name")]
     | Annotated[TopK, Tag("topk")]
+    | Annotated[ExprValue, Tag("expr")]
     | Annotated[LogitDiffReduce, Tag("logit_diff")]
     | Annotated[ProbReduce, Tag("prob")]
     | Annotated[LogprobReduce, Tag("logprob")],
@@ -62,7 +64,7 @@ Reduce = Annotated[
         lambda v: "name" if isinstance(v, str) else _tag(v),
         custom_error_type="reduce",
         custom_error_message="reduce is argmax, norm, mean, {topk: k}, {logit_diff: {a, b}}, "
-        "{prob: token} or {logprob: token}",
+        "{prob: token}, {logprob: token} or {expr, let}",
     ),
 ]
 

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from ._base import PathText, ValueSite, _Strict, _value_site
-from .sweep import Placeholder
+from .expr import FUNCTIONS, ExprError, check_expr
+from .sweep import PLACEHOLDER, Placeholder
 
-__all__ = ["FileValue", "FromValue", "NoiseValue", "Value", "ZerosValue"]
+__all__ = [
+    "DatasetValue",
+    "ExprValue",
+    "FileValue",
+    "FromValue",
+    "NoiseValue",
+    "Value",
+    "ZerosValue",
+    "dataset_values",
+]
 
 
 class ZerosValue(_Strict):
@@ -42,7 +52,63 @@ class FileParams(_Strict):
 
 class FileValue(_Strict):
     file: FileParams
-    """A tensor read from a file; it must broadcast to the target."""
+    """A tensor read from a file (or its path alone); it must broadcast to the target."""
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+
+class DatasetValue(_Strict):
+    """A value from an earlier raysight run's dataset (nnsight's sessions, as data)."""
+
+    dataset: PathText
+    """The earlier run's output directory (or s3:// URI); it must verify complete, and its spec
+    hash goes into this run's manifest (its fingerprint)."""
+    column: str = Field(min_length=1)
+    """The column to read (`raysight inspect` lists a dataset's columns)."""
+    reduce: Literal["mean"] | None = None
+    """mean: the mean over every row (and every token, for a column with a token dimension): a
+    mean-ablation value, or a steering vector from a contrast's two runs."""
+    join: Literal["example_id"] | None = None
+    """example_id: this row's value is the earlier run's value for the row with the same
+    example_id (a row missing there is a row error)."""
+
+    @model_validator(mode="after")
+    def _one_way(self) -> DatasetValue:
+        if (self.reduce is None) == (self.join is None):
+            raise ValueError("give exactly one of reduce: mean or join: example_id")
+        return self
+
+
+class ExprValue(_Strict):
+    expr: str
+    """An expression computed per row (spec/expr.py): `x` is the target's value for the row
+    (what a save of the same site gives), `let` names numbers and tensor files; e.g.
+    `ablate(x, d)`. The result must broadcast to the target."""
+    let: dict[str, float | Placeholder | FileValue | DatasetValue] = {}
+    """Names the expression may use besides `x`: a number (or a sweep placeholder), a tensor
+    file {file: path.npy}, or an earlier run's value {dataset, column, reduce | join}."""
+
+    @model_validator(mode="after")
+    def _checked(self) -> ExprValue:
+        check_let_names(self.let)
+        try:  # a sweep fills its placeholders ({alpha}) in before the variant is checked again
+            check_expr(PLACEHOLDER.sub("1", self.expr), set(self.let))
+        except ExprError as e:
+            shown = self.expr if len(self.expr) <= 60 else self.expr[:57] + "..."
+            raise ValueError(f"expr {shown!r}: {e}") from None
+        return self
+
+
+def check_let_names(let: dict[str, Any]) -> None:
+    for name in let:
+        if not name.isidentifier() or name == "x" or name in FUNCTIONS:
+            raise ValueError(
+                f"let: {name!r} cannot be a name here (an identifier other than x and the "
+                "function names)"
+            )
 
 
 class FromParams(_Strict):
@@ -72,9 +138,13 @@ def _value_tag(v: Any) -> str | None:
     keys = (
         set(v)
         if isinstance(v, dict)
-        else {k for k in ("zeros", "noise", "file", "from_") if getattr(v, k, None) is not None}
+        else {
+            k
+            for k in ("zeros", "noise", "file", "expr", "dataset", "from_")
+            if getattr(v, k, None) is not None
+        }
     )
-    for key in ("zeros", "noise", "file"):
+    for key in ("zeros", "noise", "file", "expr", "dataset"):
         if key in keys:
             return key
     return "from" if keys & {"from", "from_"} else None
@@ -85,11 +155,26 @@ Value = Annotated[
     | Annotated[ZerosValue, Tag("zeros")]
     | Annotated[NoiseValue, Tag("noise")]
     | Annotated[FileValue, Tag("file")]
+    | Annotated[ExprValue, Tag("expr")]
+    | Annotated[DatasetValue, Tag("dataset")]
     | Annotated[FromValue, Tag("from")],
     Discriminator(
         _value_tag,
         custom_error_type="value",
         custom_error_message="a value is a number (or a sweep placeholder) or one of "
-        "{zeros: true}, {noise: {std, seed}}, {file: {path, key, scale}}, {from: site}",
+        "{zeros: true}, {noise: {std, seed}}, {file: {path, key, scale}}, {expr, let}, "
+        "{dataset, column, reduce | join}, {from: site}",
     ),
 ]
+
+
+def dataset_values(ops: list[Any]) -> list[DatasetValue]:
+    """Every earlier run's value the ops read (set values, and expressions' let bindings)."""
+    out = []
+    for op in ops:
+        for v in (getattr(op, "value", None), getattr(op, "reduce", None)):
+            if isinstance(v, DatasetValue):
+                out.append(v)
+            elif isinstance(v, ExprValue):
+                out += [b for b in v.let.values() if isinstance(b, DatasetValue)]
+    return out
