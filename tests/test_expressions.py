@@ -178,3 +178,46 @@ def test_a_skip_takes_no_expression(tiny_dirs):
     spec = make_spec(tiny_dirs["gpt2"], "o", [{"skip": "layers.0", "with": {"expr": "x"}}])
     with pytest.raises(SpecError, match="an expression needs a value x to compute from"):
         parse_spec(spec)
+
+
+def test_at_reads_another_site_of_the_same_forward(tiny_dirs, tiny_models, run_spec):
+    """The cosine between two layers per token, and a set that adds an earlier layer's output
+    at the last position, against plain hooks."""
+    model, tok = tiny_models["llama"]
+    ops = [
+        {
+            "set": "layers.2.output",
+            "positions": [-1],
+            "value": {"expr": "x + at('layers.0.output')"},
+        },
+        {
+            "save": "layers.1.output",
+            "reduce": {"expr": "cosine(x, at('layers.0.output'))"},
+            "as": "cos",
+        },
+        {"save": "logits[:, -1]", "as": "last"},
+    ]
+    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=PICKED))
+    cos, last = by_id(ds, "cos"), by_id(ds, "last")
+    for k, prompt in enumerate(PICKED):
+        got, _ = alone(model, tok, prompt, capture={"h0": "model.layers.0", "h1": "model.layers.1"})
+        h0, h1 = first(got["h0"])[0], first(got["h1"])[0]
+        _close(cos[k], F.cosine_similarity(h1, h0, dim=-1), "cosine of two layers")
+
+        def add(m, a, o, h0=h0):
+            h = first(o).clone()
+            h[0, -1] += h0[-1]
+            return (h, *o[1:]) if isinstance(o, tuple) else h
+
+        hook = model.model.layers[2].register_forward_hook(add)
+        try:
+            _, out = alone(model, tok, prompt)
+        finally:
+            hook.remove()
+        _close(last[k], out.logits[0, -1], "after adding layer 0's output")
+
+
+def test_at_must_name_an_earlier_site(tiny_dirs):
+    ops = [{"save": "layers.0.output", "reduce": {"expr": "cosine(x, at('layers.2.output'))"}}]
+    msg = plan_problems(make_spec(tiny_dirs["llama"], None, ops))
+    assert "ops.0.reduce.expr: 'layers.2.output' is computed after the target" in msg

@@ -55,6 +55,7 @@ class SaveAction:
     # the hooked tensor's dims that hold tokens, where not dim 1 alone (attention weights: the
     # query and key dims); measured by the plan's probe (engine/plan.py)
     token_dims: tuple[int, ...] | None = None
+    at: dict[str, Target] = field(default_factory=dict)  # an expression's at('site') sources
 
 
 @dataclass
@@ -67,6 +68,7 @@ class SetAction:
     steps: int | str | None = None  # generation steps (None: step 0)
     from_row: int | None = None  # `from.row`: the pair member the value is copied from
     variants: frozenset[int] | None = None
+    at: dict[str, Target] = field(default_factory=dict)  # an expression's at('site') sources
 
 
 @dataclass

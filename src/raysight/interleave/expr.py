@@ -21,7 +21,7 @@ from ..spec.models import ExprValue, FileValue
 from ..spec.values import DatasetValue
 from .values import load_tensor_file
 
-__all__ = ["MAX_ELEMENTS", "ExprRunError", "evaluate", "token_texts"]
+__all__ = ["MAX_ELEMENTS", "ExprRunError", "at_sites", "evaluate", "token_texts"]
 
 #: the most elements any intermediate of one row's expression may have (256 MiB of float32)
 MAX_ELEMENTS = 2**26
@@ -38,19 +38,33 @@ def _parsed(text: str, names: frozenset[str]) -> ast.Expression:
 
 def token_texts(value: ExprValue) -> list[str]:
     """The texts an expression looks up with tok()."""
+    return _string_args(value, "tok")
+
+
+def at_sites(value: ExprValue) -> list[str]:
+    """The sites an expression reads with at()."""
+    return _string_args(value, "at")
+
+
+def _string_args(value: ExprValue, func: str) -> list[str]:
     tree = _parsed(value.expr, frozenset(value.let))
     return [
         n.args[0].value
         for n in ast.walk(tree)
-        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "tok"
+        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == func
     ]
 
 
 def evaluate(
-    value: ExprValue, x: torch.Tensor, tokens: dict[str, int], example_id: Any = None
+    value: ExprValue,
+    x: torch.Tensor,
+    tokens: dict[str, int],
+    example_id: Any = None,
+    at: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The expression's value for one row's ``x`` (``example_id``: the row's, for a let bound to
-    an earlier run's row); raises ExprRunError."""
+    an earlier run's row; ``at``: the row's value of each site it reads); raises
+    ExprRunError."""
     env: dict[str, Any] = {"x": x}
     for name, bound in value.let.items():
         if isinstance(bound, DatasetValue):
@@ -64,7 +78,7 @@ def evaluate(
             env[name] = torch.tensor(bound, dtype=x.dtype, device=x.device)
     tree = _parsed(value.expr, frozenset(value.let))
     try:
-        out = _Eval(env, tokens).run(tree.body)
+        out = _Eval(env, tokens, at or {}).run(tree.body)
     except (ExprRunError, RuntimeError, IndexError, TypeError, ValueError) as e:
         shown = value.expr if len(value.expr) <= 60 else value.expr[:57] + "..."
         raise ExprRunError(f"expr {shown!r}: {e}") from None
@@ -159,8 +173,8 @@ _FUNCS: dict[str, Callable[..., Any]] = {
 
 
 class _Eval:
-    def __init__(self, env: dict[str, Any], tokens: dict[str, int]):
-        self.env, self.tokens = env, tokens
+    def __init__(self, env: dict[str, Any], tokens: dict[str, int], at: dict[str, Any]):
+        self.env, self.tokens, self.at = env, tokens, at
 
     def run(self, node: ast.AST) -> Any:
         if isinstance(node, ast.Constant):
@@ -188,6 +202,8 @@ class _Eval:
         name = node.func.id
         if name == "tok":
             return self.tokens[node.args[0].value]
+        if name == "at":
+            return self.at[node.args[0].value]
         args = [self.run(a) for a in node.args]
         kwargs = {kw.arg: self.run(kw.value) for kw in node.keywords}
         if name == "where":

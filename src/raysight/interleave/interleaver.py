@@ -17,41 +17,31 @@ import torch
 from ..data.batching import Batch
 from ..models.loading import LoadedModel
 from ..spec.generate import step_range
-from ..spec.models import ExprValue, FileValue, TopK, ZerosValue
-from ..spec.reduce import metric_kind
 from .actions import GradAction, HookPlan, SaveAction, SetAction, SkipAction, Target
-from .expr import evaluate
+from .edits import DTYPES, combine, merge_rows, save, set_value
 from .generation import assemble, generate, step_batch
 from .gradients import backward
 from .host import to_host
-from .pairs import metric, set_from_row
+from .pairs import set_from_row
 from .rows import (
     Ctx,
     OpError,
     batched,
     extract,
-    has_seq,
     map_rows,
     own,
-    reduce_last,
-    row_view,
     select_rows,
-    text_tokens,
     token_flat,
     token_rows,
 )
 from .selectors import (
     SelectError,
-    abs_positions,
     container_get,
     container_set,
     split_index,
 )
-from .values import check_broadcast, load_tensor_file, make_value
 
 __all__ = ["Interleaver", "OpError"]
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class _Stop(Exception):
@@ -77,115 +67,6 @@ class Interleaver:
         """Whether an action applies in the forward pass running now."""
         return not ctx.generating or ctx.step in self._steps[id(act)]
 
-    # ------------------------------------------------------------------ saves
-    @torch.no_grad()
-    def _save(self, value: Any, act: SaveAction, ctx: Ctx) -> None:
-        data = extract(value, act.target, act.positions, ctx, act.token_dims)
-        if act.drop_special:
-            data = text_tokens(data, act.target.label, self.plan.special_ids, ctx)
-        if act.positions is None and not act.apply and act.reduce is None:
-            data = map_rows(data, torch.clone)  # a view of the live tensor otherwise
-        for name in act.apply:
-            data = map_rows(data, self.modules[name].forward)  # direct call: no hooks fire
-        if act.tokens is not None:
-            red = metric(data, act.tokens, metric_kind(act.reduce), ctx)
-        elif isinstance(act.reduce, ExprValue):  # per row, on the row's value as it is saved
-            ids = ctx.batch.example_ids
-            red = [evaluate(act.reduce, r, self.plan.expr_tokens, i) for r, i in zip(data, ids)]
-            if torch.is_tensor(data) and len({r.shape for r in red}) == 1:
-                red = torch.stack(red)
-        else:
-            red = map_rows(data, lambda t: reduce_last(t, act.reduce))
-        cast = (lambda t: t.to(_DTYPES[act.dtype])) if act.dtype else (lambda t: t)
-        if isinstance(act.reduce, TopK) or act.reduce == "argmax":
-            # what the ids index: the plan gives ids over the vocabulary a column of strings
-            first = data if torch.is_tensor(data) else (data[0] if data else None)
-            if first is not None:
-                key = f"{act.column}_ids" if isinstance(act.reduce, TopK) else act.column
-                ctx.widths[key] = int(first.shape[-1])
-        if isinstance(act.reduce, TopK):
-            if torch.is_tensor(data):
-                vals, ids = red
-            else:
-                vals, ids = [r[0] for r in red], [r[1] for r in red]
-            ctx.results[f"{act.column}_ids"] = ids
-            ctx.results[f"{act.column}_values"] = map_rows(vals, cast)
-        elif act.reduce == "argmax":
-            ctx.results[act.column] = red  # token ids: never cast
-        else:
-            ctx.results[act.column] = map_rows(red, cast)
-
-    # ------------------------------------------------------------------ sets
-    def _row_value(self, val: Any, like: torch.Tensor, i: int, src: Any, ctx: Ctx, where: str):
-        if isinstance(val, ExprValue):
-            v = evaluate(val, like, self.plan.expr_tokens, ctx.batch.example_ids[i])
-            check_broadcast(v, like, f"{where}: the expression's value")
-            return v.to(like.dtype)
-        if isinstance(val, Target):
-            v = src[i]
-            if torch.broadcast_shapes(v.shape, like.shape) != like.shape:
-                raise SelectError(
-                    f"{where}: source '{val.label}' has per-row shape "
-                    f"{list(v.shape)}, target has {list(like.shape)}"
-                )
-            return v.to(like.dtype)
-        return make_value(val, like, ctx.batch.example_ids[i], where)
-
-    @staticmethod
-    def _combine(cur: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Tensor:
-        if mode == "add":
-            return cur + v
-        if mode == "scale":
-            return cur * v
-        return v.expand_as(cur) if v.shape != cur.shape else v
-
-    def _set(self, value: Any, act: SetAction, ctx: Ctx) -> Any:
-        tgt, where = act.target, act.where
-        path, groups = split_index(tgt.index, value, tgt.primary)
-        x = container_get(value, path)
-        if x.dim() == 0 or x.shape[0] != ctx.size:
-            raise SelectError(
-                f"{tgt.label}: value of shape {list(x.shape)} has no batch dimension to set per row"
-            )
-        src = None
-        if isinstance(act.value, Target):
-            # With positions, the source gives the same positions of the same row.
-            src_data = extract(ctx.store[act.value.key], act.value, act.positions, ctx)
-            src = list(src_data) if torch.is_tensor(src_data) else src_data
-        seq = has_seq(x, ctx)
-        b = ctx.batch
-        uniform = isinstance(act.value, (int, float, ZerosValue)) or (
-            isinstance(act.value, FileValue)
-            and load_tensor_file(act.value.file.path, act.value.file.key).dim()
-            <= x.dim() - 1 - int(seq)  # spans no token dimension: same for every row
-        )
-        if act.positions is not None:
-            if not seq:
-                raise SelectError(f"{tgt.label}: positions need a sequence dimension")
-            new = x.clone()  # never write into a tensor another module may still hold
-            ar = torch.arange(ctx.size, device=x.device)[:, None]
-            idx = abs_positions(act.positions, b.starts, b.lengths, x.device)
-            sub = x[ar, idx]
-            vals = [
-                self._row_value(act.value, sub[i], i, src, ctx, where)
-                for i in range(1 if uniform else ctx.size)
-            ]
-            v = vals[0] if uniform else torch.stack([v.expand_as(sub[0]) for v in vals])
-            new[ar, idx] = self._combine(sub, v, act.mode)
-        elif not groups and uniform:
-            row_like = x[0, : b.lengths[0]] if seq else x[0]
-            v = self._row_value(act.value, row_like, 0, None, ctx, where)
-            new = self._combine(x, v, act.mode)
-            if act.mode == "replace":
-                new = new.clone()  # materialize the broadcast value
-        else:
-            new = x.clone()
-            for i in range(ctx.size):
-                r = row_view(new, i, seq, groups, ctx, tgt.label)
-                v = self._row_value(act.value, r[0], i, src, ctx, where)
-                r.copy_(self._combine(r, v[None], act.mode))
-        return container_set(value, path, new)
-
     # ------------------------------------------------------------------ hooks
     def _apply(self, key: tuple[str, str], value: Any, ctx: Ctx) -> Any:
         call = ctx.calls.get(key, 0)  # which call of the module this is, in this forward
@@ -202,22 +83,22 @@ class Interleaver:
                 continue
             try:
                 if isinstance(act, SetAction) and act.from_row is not None:
-                    value = set_from_row(value, act, ctx, idx, self._combine)
+                    value = set_from_row(value, act, ctx, idx, combine)
                 elif isinstance(act, GradAction):
                     value = self._grad(value, act, ctx, idx)
                 elif idx is None:
                     if isinstance(act, SaveAction):
-                        self._save(value, act, ctx)
+                        save(value, act, ctx, self.plan, self.modules)
                     else:
-                        value = self._set(value, act, ctx)
+                        value = set_value(value, act, ctx, self.plan)
                 else:  # a sweep variant's op: run it on its rows only
                     sub, part = ctx.sub(idx), select_rows(value, idx, ctx.size)
                     if isinstance(act, SaveAction):
-                        self._save(part, act, sub)
+                        save(part, act, sub, self.plan, self.modules)
                         ctx.put_rows(sub.results, idx)
                     else:
-                        new = self._set(part, act, sub)
-                        value = _merge_rows(value, new, act.target, idx, ctx)
+                        new = set_value(part, act, sub, self.plan)
+                        value = merge_rows(value, new, act.target, idx, ctx)
             except (SelectError, ValueError, RuntimeError, IndexError) as e:
                 raise OpError(f"{act.where} ({act.target.label}): {e}") from e
         if key in self.plan.sources:
@@ -243,18 +124,18 @@ class Interleaver:
             try:
                 if act.kind == "set":
                     set_ = SetAction(local, act.value, act.mode, act.positions, act.where)
-                    new = self._set(part, set_, sub)
+                    new = set_value(part, set_, sub, self.plan)
                     if idx is None:
                         return new
                     full = g.clone()
                     full[idx] = new
                     return full
                 if act.kind == "save":
-                    self._save(part, replace(act.out, target=local), sub)
+                    save(part, replace(act.out, target=local), sub, self.plan, self.modules)
                 else:
                     act_rows = activation if idx is None else activation[idx]
                     data = extract(part * act_rows, local, act.positions, sub)
-                    cast = _DTYPES.get(act.out.dtype)
+                    cast = DTYPES.get(act.out.dtype)
                     sub.results[act.out.column] = map_rows(
                         data, lambda t: t.sum(-1).to(cast) if cast else t.sum(-1)
                     )
@@ -340,7 +221,7 @@ class Interleaver:
                 None,
                 sk.where,
             )
-            out = self._set(like, act, ctx)
+            out = set_value(like, act, ctx, self.plan)
         return (out, *([None] * (n_out - 1))) if n_out else out
 
     # ------------------------------------------------------------------ run
@@ -429,11 +310,3 @@ class Interleaver:
         if ("output", "") in keys:
             return True
         return head is not None and any(self.modules.get(n) is head for n in names)
-
-
-def _merge_rows(value: Any, new: Any, tgt: Target, idx: list[int], ctx: Ctx) -> Any:
-    """``value`` with rows ``idx`` of the target tensor taken from ``new`` (those rows only)."""
-    path, _ = split_index(tgt.index, value, tgt.primary)
-    full = batched(container_get(value, path), ctx, tgt.label).clone()
-    full[idx] = container_get(new, path).to(full.dtype)
-    return container_set(value, path, full)

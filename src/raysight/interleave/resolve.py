@@ -31,7 +31,7 @@ from ..spec.sites import (
 )
 from ..spec.variants import RESERVED
 from .actions import GradAction, HookPlan, LossAction, SaveAction, SetAction, SkipAction, Target
-from .expr import token_texts
+from .expr import at_sites, token_texts
 from .targets import expand, find_targets
 from .tree import ModuleTree, sample_inputs, trace_tree
 
@@ -127,6 +127,13 @@ class _Resolver:
         self.source_uses.append((src, where))
         return src
 
+    def at_sources(self, value: Any, tgt: Target, where: str) -> dict[str, Target]:
+        """The sites an expression reads with at(), each kept from the forward (like `from`)."""
+        if not isinstance(value, ExprValue):
+            return {}
+        found = {site: self.source(site, tgt.event, where) for site in at_sites(value)}
+        return {site: src for site, src in found.items() if src is not None}
+
     def special(self) -> None:
         """The tokenizer's special ids, where a save leaves them out."""
         if not any(a.drop_special for a in self.plan.saves):
@@ -190,9 +197,11 @@ class _Resolver:
                         continue
                     value = src
                 from_row = None if row is None else self.plan.pair_fields.index(row)
-                self.add(
-                    SetAction(tgt, value, op.mode, op.positions, where, op.steps, from_row=from_row)
+                act = SetAction(
+                    tgt, value, op.mode, op.positions, where, op.steps, from_row=from_row
                 )
+                act.at = self.at_sources(value, tgt, f"{where}.value.expr")
+                self.add(act)
         elif isinstance(op, SkipOp):
             self.skip(op, where)
         elif isinstance(op, GradOp):
@@ -332,6 +341,7 @@ class _Resolver:
                 tgt, name, op.positions, apply, op.reduce, op.dtype, where, op.steps, tokens
             )
             act.drop_special = op.special_tokens == "drop"
+            act.at = self.at_sources(op.reduce, tgt, f"{where}.reduce.expr")
             self.saves_add(act)
 
     def saves_add(self, action: SaveAction) -> None:

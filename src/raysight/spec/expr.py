@@ -5,8 +5,9 @@ An expression is a line of Python *syntax* (``ablate(x, d)``, ``cosine(x, d)``,
 only if every node is on an explicit whitelist: numbers, arithmetic (``+ - * / ** @``),
 comparisons, indexing and slicing with integer constants, and calls of the functions in
 :data:`FUNCTIONS` by name. Names are ``x`` (the value the op is on) and the op's ``let``
-bindings. There is no attribute access, no other name, no keyword but ``dim`` / ``keepdim``,
-and nothing is ever passed to ``eval``: the evaluator (interleave/expr.py) walks the AST itself.
+bindings; ``at('layers.3.output')`` is another value of the same forward pass. There is no
+attribute access, no other name, no keyword but ``dim`` / ``keepdim``, and nothing is ever
+passed to ``eval``: the evaluator (interleave/expr.py) walks the AST itself.
 Limits keep a hostile expression cheap to refuse: its length, depth and node count, the size of
 integer constants and exponents; the evaluator bounds every intermediate's size. Pure Python:
 no torch.
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+
+from .sites import SiteError, parse_value_site
 
 __all__ = ["FUNCTIONS", "MAX_DEPTH", "MAX_LENGTH", "ExprError", "check_expr"]
 
@@ -47,6 +50,7 @@ FUNCTIONS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "log": (1, 1, ()),
     "sqrt": (1, 1, ()),
     "tok": (1, 1, ()),
+    "at": (1, 1, ()),
 }
 MAX_LENGTH = 1000
 MAX_DEPTH = 32
@@ -204,10 +208,23 @@ class _Checker:
             if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
                 self.fail(node, "tok() takes a text that is one token, e.g. tok(' Paris')")
             return
+        if name == "at":
+            self.site(node)
+            return
         if name == "topk":
             self.int_or_tok(node.args[1])
         for arg in node.args:
             self.visit_node(arg, depth + 1)
+
+    def site(self, node: ast.Call) -> None:
+        """at('layers.3.output'): another value of the same forward, named as a site."""
+        arg = node.args[0]
+        if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+            self.fail(node, "at() takes a value site in quotes, e.g. at('layers.3.output')")
+        try:
+            parse_value_site(arg.value)
+        except SiteError as e:
+            self.fail(arg, f"at(): {e}")
 
     def dim(self, node: ast.AST) -> None:
         n = (
