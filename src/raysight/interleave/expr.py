@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from ..spec.expr import check_expr
 from ..spec.models import ExprValue, FileValue
-from ..spec.values import DatasetValue
+from ..spec.values import DatasetValue, SaeBinding
+from .sae import Sae, SaeError, load_sae
 from .values import load_tensor_file
 
 __all__ = ["MAX_ELEMENTS", "ExprRunError", "at_sites", "evaluate", "token_texts"]
@@ -71,6 +72,8 @@ def evaluate(
             from .runs import dataset_value
 
             env[name] = dataset_value(bound, x, example_id)
+        elif isinstance(bound, SaeBinding):
+            env[name] = load_sae(bound).to(x)
         elif isinstance(bound, FileValue):
             t = load_tensor_file(bound.file.path, bound.file.key).to(torch.float32)
             env[name] = (t * bound.file.scale).to(x.dtype).to(x.device)
@@ -79,7 +82,7 @@ def evaluate(
     tree = _parsed(value.expr, frozenset(value.let))
     try:
         out = _Eval(env, tokens, at or {}).run(tree.body)
-    except (ExprRunError, RuntimeError, IndexError, TypeError, ValueError) as e:
+    except (ExprRunError, SaeError, RuntimeError, IndexError, TypeError, ValueError) as e:
         shown = value.expr if len(value.expr) <= 60 else value.expr[:57] + "..."
         raise ExprRunError(f"expr {shown!r}: {e}") from None
     if not torch.is_tensor(out):
@@ -106,6 +109,13 @@ def _shape(t: Any) -> torch.Size:
 
 def _unit(d: torch.Tensor) -> torch.Tensor:
     return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _setlat(z: torch.Tensor, i: int, v: Any) -> torch.Tensor:
+    """z with latent i (the last dimension) set to v: clamp a feature, or zero it."""
+    out = z.clone()
+    out[..., i] = v
+    return out
 
 
 def _proj(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -161,6 +171,8 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "clamp": lambda x, lo, hi: torch.clamp(x, lo, hi),
     "where": lambda c, a, b: torch.where(torch.as_tensor(c).bool(), a, b),
     "topk": lambda x, k: torch.topk(x, k, dim=-1).values,
+    "argtopk": lambda x, k: torch.topk(x, k, dim=-1).indices,
+    "setlat": _setlat,
     "relu": torch.relu,
     "gelu": F.gelu,
     "tanh": torch.tanh,
@@ -206,9 +218,16 @@ class _Eval:
             return self.at[node.args[0].value]
         args = [self.run(a) for a in node.args]
         kwargs = {kw.arg: self.run(kw.value) for kw in node.keywords}
+        if name in ("encode", "decode", "error"):
+            if not isinstance(args[0], Sae) or not torch.is_tensor(args[1]):
+                raise ExprRunError(f"{name}() takes an SAE bound in let and a tensor")
+            _guard(torch.Size([*args[1].shape[:-1], args[0].W_enc.shape[1]]), name)
+            return getattr(args[0], name)(args[1])
+        if isinstance(args[0], Sae) or any(isinstance(a, Sae) for a in args[1:]):
+            raise ExprRunError(f"{name}() takes tensors; an SAE goes to encode, decode or error")
         if name == "where":
             _guard(torch.broadcast_shapes(*(_shape(a) for a in args)), name)
-        if name == "topk" and torch.is_tensor(args[0]) and args[1] > args[0].shape[-1]:
+        if name in ("topk", "argtopk") and torch.is_tensor(args[0]) and args[1] > args[0].shape[-1]:
             raise ExprRunError(f"topk: k={args[1]} is more than the last dimension's size")
         if name in ("proj", "ablate", "cosine", "dot", "kl"):
             if not all(torch.is_tensor(a) for a in args[:2]):

@@ -51,6 +51,11 @@ FUNCTIONS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "sqrt": (1, 1, ()),
     "tok": (1, 1, ()),
     "at": (1, 1, ()),
+    "encode": (2, 2, ()),
+    "decode": (2, 2, ()),
+    "error": (2, 2, ()),
+    "setlat": (3, 3, ()),
+    "argtopk": (2, 2, ()),
 }
 MAX_LENGTH = 1000
 MAX_DEPTH = 32
@@ -211,8 +216,12 @@ class _Checker:
         if name == "at":
             self.site(node)
             return
-        if name == "topk":
+        if name in ("topk", "argtopk"):
             self.int_or_tok(node.args[1])
+        if name == "setlat":
+            self.int_or_tok(node.args[1])
+        if name in ("encode", "decode", "error") and not isinstance(node.args[0], ast.Name):
+            self.fail(node, f"{name}() takes an SAE bound in let first: {name}(sae, x)")
         for arg in node.args:
             self.visit_node(arg, depth + 1)
 

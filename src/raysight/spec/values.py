@@ -17,6 +17,7 @@ __all__ = [
     "FileValue",
     "FromValue",
     "NoiseValue",
+    "SaeBinding",
     "Value",
     "ZerosValue",
     "dataset_values",
@@ -82,14 +83,30 @@ class DatasetValue(_Strict):
         return self
 
 
+class SaeBinding(_Strict):
+    """A sparse autoencoder (or transcoder) in SAELens' layout, for expressions' encode(),
+    decode() and error()."""
+
+    sae: PathText
+    """A directory holding `sae_weights.safetensors` and `cfg.json` (SAELens' layout), or a
+    .safetensors file alone: W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec, and
+    `threshold` for JumpReLU."""
+    architecture: Literal["auto", "standard", "jumprelu", "topk"] = "auto"
+    """auto: cfg.json's `architecture` (or `activation_fn: topk`), else jumprelu where the file
+    has a threshold, else standard (ReLU)."""
+    k: int | None = Field(None, ge=1, le=1_000_000)
+    """Latents a top-k SAE keeps (default: cfg.json's `activation_fn_kwargs.k`)."""
+
+
 class ExprValue(_Strict):
     expr: str
     """An expression computed per row (spec/expr.py): `x` is the target's value for the row
     (what a save of the same site gives), `let` names numbers and tensor files; e.g.
     `ablate(x, d)`. The result must broadcast to the target."""
-    let: dict[str, float | Placeholder | FileValue | DatasetValue] = {}
+    let: dict[str, float | Placeholder | FileValue | DatasetValue | SaeBinding] = {}
     """Names the expression may use besides `x`: a number (or a sweep placeholder), a tensor
-    file {file: path.npy}, or an earlier run's value {dataset, column, reduce | join}."""
+    file {file: path.npy}, an earlier run's value {dataset, column, reduce | join}, or an SAE
+    {sae: path}."""
 
     @model_validator(mode="after")
     def _checked(self) -> ExprValue:
