@@ -221,3 +221,45 @@ def test_at_must_name_an_earlier_site(tiny_dirs):
     ops = [{"save": "layers.0.output", "reduce": {"expr": "cosine(x, at('layers.2.output'))"}}]
     msg = plan_problems(make_spec(tiny_dirs["llama"], None, ops))
     assert "ops.0.reduce.expr: 'layers.2.output' is computed after the target" in msg
+
+
+def test_per_row_numbers_from_data_fields(direction, tiny_dirs, tiny_models, run_spec):
+    """Each prompt's own steering coefficient from its data row, and a KL reduce."""
+    path, d = direction
+    model, tok = tiny_models["llama"]
+    alphas = [0.5, -2.0, 4.0, 0.0]
+    prompts = [{"text": p, "alpha": a} for p, a in zip(PICKED, alphas)]
+    value = {"expr": "x + a * normalize(d)", "let": {"d": {"file": path}, "a": {"field": "alpha"}}}
+    ops = [
+        {"set": "layers.1.output", "value": value},
+        {"save": "logits[:, -1]", "as": "last"},
+        {"save": "logits[:, -1]", "reduce": {"expr": "kl(x, x * 0.5)"}, "as": "kl"},
+    ]
+    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=prompts))
+    last, kl = by_id(ds, "last"), by_id(ds, "kl")
+    for k, (prompt, alpha) in enumerate(zip(PICKED, alphas)):
+
+        def steer(m, a, o, alpha=alpha):
+            h = first(o) + alpha * d / d.norm()
+            return (h, *o[1:]) if isinstance(o, tuple) else h
+
+        hook = model.model.layers[1].register_forward_hook(steer)
+        try:
+            _, out = alone(model, tok, prompt)
+        finally:
+            hook.remove()
+        logits = out.logits[0, -1]
+        _close(last[k], logits)
+        p, q = logits.log_softmax(-1), (logits * 0.5).log_softmax(-1)
+        _close(kl[k], (p.exp() * (p - q)).sum(), "kl")
+
+
+def test_a_row_without_a_number_is_a_row_error(tiny_dirs, run_spec):
+    prompts = [{"text": "Hi", "alpha": 1.0}, {"text": "a b", "alpha": "lots"}]
+    value = {"expr": "x * a", "let": {"a": {"field": "alpha"}}}
+    ops = [{"set": "layers.1.output", "value": value}, {"save": "logits[:, -1]", "as": "last"}]
+    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=prompts))
+    errors = ds.errors()
+    assert len(errors) == 1 and errors[0]["example_id"] == 1
+    assert "field 'alpha' is 'lots'; an expression's let needs a number" in errors[0]["reason"]
+    assert by_id(ds, "last").keys() == {0}

@@ -8,6 +8,7 @@ the same positions as the row run alone (the bug nnsight #672 hit with GPT-2).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "collate",
     "encode",
     "pack",
+    "row_numbers",
     "select",
     "token_targets",
     "tokenize",
@@ -34,6 +36,7 @@ class Encoded:
     text: str | None = None
     truncated: bool = False
     targets: dict[str, int] | None = None  # token ids the loss takes from data columns
+    numbers: dict[str, float] | None = None  # numbers expressions take from data columns
     member: int | None = None  # data.pair: which field of the pair this row is
     pos_map: list[list[int]] | None = None  # data.pair.position_map of the row's record
     variant: int = 0  # sweep variant the row runs
@@ -55,6 +58,7 @@ class Batch:
     partners: list[list[int]] | None = None  # per row: batch row of each field of its pair
     pos_maps: list[list[list[int]] | None] | None = None  # per row: its pair's position map
     offsets: list[int | None] | None = None  # per row: data.chunk's window offset
+    numbers: list[dict[str, float]] | None = None  # per row: data column -> number (expressions)
 
     @property
     def size(self) -> int:
@@ -162,6 +166,18 @@ def token_targets(tokenizer: Any, fields: dict[str, Any], columns: list[str]) ->
     return out
 
 
+def row_numbers(fields: dict[str, Any], columns: list[str]) -> dict[str, float]:
+    """One row's numbers from its data columns (for expressions); raises ValueError naming the
+    column when one is not a finite number."""
+    out = {}
+    for col in columns:
+        v = fields[col]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"field {col!r} is {v!r}; an expression's let needs a number")
+        out[col] = float(v)
+    return out
+
+
 def pack(
     lengths: list[int],
     batch_tokens: int,
@@ -234,6 +250,7 @@ def collate(items: list[Encoded], pad_id: int, side: str, causal: bool) -> Batch
         texts=[e.text for e in items],
         targets=[e.targets or {} for e in items],
         offsets=[e.offset for e in items],
+        numbers=[e.numbers or {} for e in items],
     )
     return with_units(batch, items)
 
@@ -256,6 +273,7 @@ def select(batch: Batch, idx: list[int]) -> Batch:
         pick(batch.variants),
         pick(batch.members),
         offsets=pick(batch.offsets),
+        numbers=pick(batch.numbers),
     )
 
 

@@ -19,7 +19,7 @@ from ..spec.backward import CrossEntropyLoss
 from ..spec.generate import step_range
 from ..spec.models import Spec
 from ..spec.sweep import has_placeholder
-from ..spec.variants import site_key, token_fields
+from ..spec.variants import number_columns, site_key, token_fields
 from ..writers.encode import ColumnInfo
 
 __all__ = ["infer_columns", "min_tokens"]
@@ -36,9 +36,12 @@ def _meta_batch(spec: Spec, loaded: LoadedModel, sample: Any, length: int) -> Ba
         b.variants = list(range(n_var))
         return b
     targets = {col: 0 for col, _ in token_fields(spec)}
+    numbers = {col: 0.0 for col in number_columns(spec)}
     members = range(len(spec.data.pair.fields)) if spec.data.pair else [None]
     items = [
-        Encoded(v, [0] * length, None, targets=targets, member=m, variant=v, unit=v)
+        Encoded(
+            v, [0] * length, None, targets=targets, numbers=numbers, member=m, variant=v, unit=v
+        )
         for v in range(n_var)
         for m in members
     ]

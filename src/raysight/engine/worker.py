@@ -18,6 +18,7 @@ from ..data.batching import (
     Encoded,
     collate,
     pack,
+    row_numbers,
     token_targets,
     tokenize,
     with_units,
@@ -28,7 +29,7 @@ from ..interleave.actions import SetAction
 from ..interleave.interleaver import Interleaver, OpError
 from ..models.loading import load_model, quiet_hf
 from ..spec.load import parse_spec
-from ..spec.variants import row_fields, token_fields
+from ..spec.variants import number_columns, row_fields, token_fields
 from ..writers.shard import ShardWriter
 from ..writers.shuffle import ShuffleBuffer
 from .ids import id_keys
@@ -317,6 +318,7 @@ class ShardRunner:
         example's pair of rows (or its one row) under one variant, and shares a batch."""
         need = self.min_tokens
         columns = sorted({col for col, _ in token_fields(self.spec)})
+        numbers = number_columns(self.spec)
         per_unit: dict[tuple, list[Encoded]] = {}  # (example, data.chunk window) -> its rows
         for e in encoded:
             per_unit.setdefault((e.example_id, e.offset), []).append(e)
@@ -332,6 +334,12 @@ class ShardRunner:
                     members = [replace(e, targets=targets) for e in members]
                 except ValueError as err:
                     problem = f"token from the data: {err}"
+            if numbers and problem is None:
+                try:
+                    values = row_numbers(rows[eid].fields, numbers)
+                    members = [replace(e, numbers=values) for e in members]
+                except ValueError as err:
+                    problem = f"number from the data: {err}"
             lengths = [len(e.ids) for e in members]
             fields = self.spec.data.pair.fields if self.spec.data.pair else ["text"]
             if problem is None and min(lengths) == 0:

@@ -35,9 +35,11 @@ def save(value: Any, act: SaveAction, ctx: Ctx, plan: HookPlan, modules: dict) -
     if act.tokens is not None:
         red = metric(data, act.tokens, metric_kind(act.reduce), ctx)
     elif isinstance(act.reduce, ExprValue):  # per row, on the row's value as it is saved
-        ids, at = ctx.batch.example_ids, _at_rows(act, ctx)
+        ids, at, nums = ctx.batch.example_ids, _at_rows(act, ctx), _numbers(ctx)
         red = [
-            evaluate(act.reduce, r, plan.expr_tokens, ids[i], {s: v[i] for s, v in at.items()})
+            evaluate(
+                act.reduce, r, plan.expr_tokens, ids[i], {s: v[i] for s, v in at.items()}, nums[i]
+            )
             for i, r in enumerate(data)
         ]
         if torch.is_tensor(data) and len({r.shape for r in red}) == 1:
@@ -64,6 +66,10 @@ def save(value: Any, act: SaveAction, ctx: Ctx, plan: HookPlan, modules: dict) -
         ctx.results[act.column] = map_rows(red, cast)
 
 
+def _numbers(ctx: Ctx) -> list[dict[str, float]]:
+    return ctx.batch.numbers or [{} for _ in range(ctx.size)]
+
+
 def _at_rows(act: SaveAction | SetAction, ctx: Ctx) -> dict[str, list]:
     """Each row's value of the sites an expression reads with at(), at the op's positions."""
     return {
@@ -76,7 +82,7 @@ def _row_value(
 ) -> torch.Tensor:
     if isinstance(val, ExprValue):  # src: the at() sites' rows
         at = {site: rows[i] for site, rows in (src or {}).items()}
-        v = evaluate(val, like, plan.expr_tokens, ctx.batch.example_ids[i], at)
+        v = evaluate(val, like, plan.expr_tokens, ctx.batch.example_ids[i], at, _numbers(ctx)[i])
         check_broadcast(v, like, f"{where}: the expression's value")
         return v.to(like.dtype)
     if isinstance(val, Target):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..spec.expr import check_expr
 from ..spec.models import ExprValue, FileValue
-from ..spec.values import DatasetValue, SaeBinding
+from ..spec.values import DatasetValue, NumberField, SaeBinding
 from .sae import Sae, SaeError, load_sae
 from .values import load_tensor_file
 
@@ -62,10 +62,11 @@ def evaluate(
     tokens: dict[str, int],
     example_id: Any = None,
     at: dict[str, torch.Tensor] | None = None,
+    numbers: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """The expression's value for one row's ``x`` (``example_id``: the row's, for a let bound to
-    an earlier run's row; ``at``: the row's value of each site it reads); raises
-    ExprRunError."""
+    an earlier run's row; ``at``: the row's value of each site it reads; ``numbers``: the row's
+    data columns a let names); raises ExprRunError."""
     env: dict[str, Any] = {"x": x}
     for name, bound in value.let.items():
         if isinstance(bound, DatasetValue):
@@ -74,6 +75,10 @@ def evaluate(
             env[name] = dataset_value(bound, x, example_id)
         elif isinstance(bound, SaeBinding):
             env[name] = load_sae(bound).to(x)
+        elif isinstance(bound, NumberField):
+            if bound.field not in (numbers or {}):
+                raise ExprRunError(f"let {name}: this row has no number from field {bound.field!r}")
+            env[name] = torch.tensor(numbers[bound.field], dtype=x.dtype, device=x.device)
         elif isinstance(bound, FileValue):
             t = load_tensor_file(bound.file.path, bound.file.key).to(torch.float32)
             env[name] = (t * bound.file.scale).to(x.dtype).to(x.device)

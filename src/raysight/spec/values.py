@@ -17,10 +17,12 @@ __all__ = [
     "FileValue",
     "FromValue",
     "NoiseValue",
+    "NumberField",
     "SaeBinding",
     "Value",
     "ZerosValue",
     "dataset_values",
+    "number_fields",
 ]
 
 
@@ -98,15 +100,21 @@ class SaeBinding(_Strict):
     """Latents a top-k SAE keeps (default: cfg.json's `activation_fn_kwargs.k`)."""
 
 
+class NumberField(_Strict):
+    field: str = Field(min_length=1)
+    """A data column holding a number per row (a per-prompt coefficient); a row whose value is
+    not a finite number is a row error."""
+
+
 class ExprValue(_Strict):
     expr: str
     """An expression computed per row (spec/expr.py): `x` is the target's value for the row
     (what a save of the same site gives), `let` names numbers and tensor files; e.g.
     `ablate(x, d)`. The result must broadcast to the target."""
-    let: dict[str, float | Placeholder | FileValue | DatasetValue | SaeBinding] = {}
+    let: dict[str, float | Placeholder | FileValue | DatasetValue | SaeBinding | NumberField] = {}
     """Names the expression may use besides `x`: a number (or a sweep placeholder), a tensor
-    file {file: path.npy}, an earlier run's value {dataset, column, reduce | join}, or an SAE
-    {sae: path}."""
+    file {file: path.npy}, an earlier run's value {dataset, column, reduce | join}, an SAE
+    {sae: path}, or the row's own number from a data column {field: name}."""
 
     @model_validator(mode="after")
     def _checked(self) -> ExprValue:
@@ -183,6 +191,19 @@ Value = Annotated[
         "{dataset, column, reduce | join}, {from: site}",
     ),
 ]
+
+
+def number_fields(ops: list[Any], where: str = "ops") -> list[tuple[str, str]]:
+    """(data column, where) for every per-row number the ops' expressions read."""
+    out = []
+    for i, op in enumerate(ops):
+        for key in ("value", "reduce"):
+            v = getattr(op, key, None)
+            if isinstance(v, ExprValue):
+                for name, b in v.let.items():
+                    if isinstance(b, NumberField):
+                        out.append((b.field, f"{where}.{i}.{key}.let.{name}"))
+    return out
 
 
 def dataset_values(ops: list[Any]) -> list[DatasetValue]:

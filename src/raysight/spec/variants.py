@@ -17,7 +17,7 @@ from .sweep import (
     points,
 )
 
-__all__ = ["RESERVED", "expand", "row_fields", "site_key", "token_fields"]
+__all__ = ["RESERVED", "expand", "number_columns", "row_fields", "site_key", "token_fields"]
 
 #: identity columns of a dataset: saves and sweep axes may not take their names
 RESERVED = (
@@ -155,8 +155,17 @@ def token_fields(spec: Any) -> list[tuple[str, str]]:
     return out
 
 
+def number_columns(spec: Any) -> list[str]:
+    """The data columns whose per-row numbers expressions read ({field: name} in a let)."""
+    from .values import number_fields
+
+    cols = {col for v in spec.variants for col, _ in number_fields(list(v.ops))}
+    return sorted(cols)
+
+
 def row_fields(spec: Any) -> list[tuple[str, str]]:
     """(data column, where it is asked for) for every column read per row besides the text:
-    the tokens of :func:`token_fields`, then the columns of ``data.keep``."""
+    the tokens of :func:`token_fields`, the numbers expressions read, then ``data.keep``."""
     out = token_fields(spec)
+    out += [(c, "ops (an expression's let)") for c in number_columns(spec) if c not in dict(out)]
     return out + [(name, "data.keep") for name in spec.data.keep if (name, "data.keep") not in out]
