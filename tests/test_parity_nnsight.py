@@ -166,3 +166,53 @@ def test_gradients_match_nnsight(arch, nn_models, tiny_dirs, run_spec):
                 ref0 = h0.grad.save()
         close(g2[k], ref2[0])
         close(g0[k], ref0[0])
+
+
+@pytest.mark.parametrize("arch", list(LAYERS))
+def test_expressions_match_nnsight(arch, nn_models, tiny_dirs, tmp_path, run_spec):
+    """What a researcher writes inside an nnsight trace with torch code, as expressions:
+    directional ablation at every layer, an SAE latent clamped with the error term kept, and
+    the cosine with the direction, against nnsight doing the same per prompt."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    lm, layers = nn_models[arch], LAYERS[arch]
+    g = torch.Generator().manual_seed(3)
+    d = torch.randn(32, generator=g)
+    np.save(tmp_path / "d.npy", d.numpy())
+    w = {
+        "W_enc": torch.randn(32, 48, generator=g) / 6,
+        "b_enc": torch.randn(48, generator=g) * 0.1,
+        "W_dec": torch.randn(48, 32, generator=g) / 7,
+        "b_dec": torch.randn(32, generator=g) * 0.1,
+    }
+    save_file(w, str(tmp_path / "sae.safetensors"))
+    let = {"d": {"file": str(tmp_path / "d.npy")}, "s": {"sae": str(tmp_path / "sae.safetensors")}}
+    ops = [
+        {"set": "layers.*.output", "value": {"expr": "ablate(x, d)", "let": let}},
+        {
+            "set": "layers.1.output",
+            "value": {"expr": "decode(s, setlat(encode(s, x), 3, 4.0)) + error(s, x)", "let": let},
+        },
+        {"save": "layers.2.input", "reduce": {"expr": "cosine(x, d)", "let": let}, "as": "cos"},
+        {"save": "logits", "positions": [-1], "as": "logits"},
+    ]
+    ds = run_spec(make_spec(tiny_dirs[arch], None, ops))
+    cos, got = by_id(ds, "cos"), by_id(ds, "logits")
+    u = d / d.norm()
+    for k, prompt in enumerate(PROMPTS):
+        with lm.trace(prompt):
+            for i in range(3):
+                h = envoy(lm, f"{layers}.{i}").output
+                h = h - (h @ u)[..., None] * u
+                if i == 1:
+                    z = torch.relu(h @ w["W_enc"] + w["b_enc"])
+                    err = h - (z @ w["W_dec"] + w["b_dec"])
+                    z[..., 3] = 4.0
+                    h = z @ w["W_dec"] + w["b_dec"] + err
+                envoy(lm, f"{layers}.{i}").output = h
+                if i == 1:
+                    ref_cos = torch.nn.functional.cosine_similarity(h, d, dim=-1).save()
+            ref = lm.lm_head.output.save()
+        close(cos[k], ref_cos[0], atol=1e-4)
+        close(got[k], ref[0, [-1]], atol=1e-4)
