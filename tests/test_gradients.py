@@ -255,3 +255,39 @@ def test_bad_gradient_specs_name_the_field(tiny_dirs):
         make_spec(gpt2, "o", [{"grad": "layers.0.output"}], backward={"loss": {"logprobs": {}}})
     )
     assert "backward.loss: a loss has exactly one of the keys sum, mean, logprob" in msg
+
+
+def test_expression_loss_and_reduced_gradients(tiny_dirs, tiny_models, run_spec):
+    """A loss written as an expression (a log-prob difference with a per-row weight) and a
+    gradient saved through a reduce: against plain autograd on each prompt alone."""
+    model, tok = tiny_models["llama"]
+    prompts = [{"text": p, "w": w} for p, w in zip(PROMPTS[:4], [1.0, 0.5, 2.0, -1.0])]
+    loss = {
+        "expr": "w * (log_softmax(x[-1])[tok('e')] - log_softmax(x[-1])[tok('a')])",
+        "let": {"w": {"field": "w"}},
+    }
+    ops = [
+        {"grad": "layers.1.output", "as": "g"},
+        {"grad": "layers.1.output", "reduce": "norm", "as": "gnorm"},
+        {"grad": "layers.0.output", "reduce": {"expr": "sum(x * x)"}, "as": "gsq"},
+    ]
+    ds = run_spec(
+        make_spec(tiny_dirs["llama"], None, ops, prompts=prompts, backward={"loss": loss})
+    )
+    e, a = tok.convert_tokens_to_ids("e"), tok.convert_tokens_to_ids("a")
+    for k, row in enumerate(prompts):
+
+        def loss_fn(logits, acts, w=row["w"]):
+            lp = logits[-1].log_softmax(-1)
+            return w * (lp[e] - lp[a])
+
+        _, grads = grads_alone(
+            model,
+            tok,
+            row["text"],
+            loss_fn,
+            capture={"h1": "model.layers.1", "h0": "model.layers.0"},
+        )
+        _close(by_id(ds, "g")[k], grads["h1"])
+        _close(by_id(ds, "gnorm")[k], grads["h1"].norm(dim=-1))
+        _close(by_id(ds, "gsq")[k], (grads["h0"] ** 2).sum(-1))

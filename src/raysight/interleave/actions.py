@@ -94,13 +94,14 @@ class GradAction:
 
 @dataclass
 class LossAction:
-    kind: str  # sum | mean | logprob | logit | logit_diff | cross_entropy
+    kind: str  # sum | mean | logprob | logit | logit_diff | cross_entropy | expr
     target: Target  # the site read: logits for token losses
     positions: list[int] | None  # sum / mean
     position: int  # token losses: which real position's logits
     tokens: dict[str, Any]  # a / b / target -> token id, or ("field", column)
     reduction: str  # cross_entropy
     where: str
+    expr: Any = None  # an expression loss's ExprValue
 
 
 @dataclass

@@ -220,6 +220,8 @@ class _Eval:
         if name == "tok":
             return self.tokens[node.args[0].value]
         if name == "at":
+            if node.args[0].value not in self.at:
+                raise ExprRunError(f"at({node.args[0].value!r}) is not available here")
             return self.at[node.args[0].value]
         args = [self.run(a) for a in node.args]
         kwargs = {kw.arg: self.run(kw.value) for kw in node.keywords}

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .actions import GradAction, HookPlan, LossAction
+from .expr import evaluate
 from .rows import Ctx, OpError, batched, rows
 from .selectors import SelectError, abs_positions, container_get, split_index
 
@@ -43,12 +44,26 @@ def _token_ids(loss: LossAction, name: str, ctx: Ctx, vocab: int) -> torch.Tenso
     return torch.tensor(ids, dtype=torch.long)
 
 
-def row_losses(loss: LossAction, value: Any, ctx: Ctx) -> torch.Tensor:
-    """[rows] losses from the loss site's (batched) value."""
+def row_losses(
+    loss: LossAction, value: Any, ctx: Ctx, tokens: dict[str, int] | None = None
+) -> torch.Tensor:
+    """[rows] losses from the loss site's (batched) value (``tokens``: an expression's tok())."""
     tgt = loss.target
     path, groups = split_index(tgt.index, value, tgt.primary)
     x = batched(container_get(value, path), ctx, tgt.label)
     b = ctx.batch
+    if loss.kind == "expr":  # each row's own value, padding cut: one number per row
+        per = []
+        numbers = b.numbers or [{} for _ in range(b.size)]
+        for i, r in enumerate(rows(x, tgt, groups, None, ctx)):
+            v = evaluate(loss.expr, r, tokens or {}, b.example_ids[i], None, numbers[i])
+            if v.numel() != 1:
+                raise SelectError(
+                    f"the expression gives a value of shape {list(v.shape)} for row "
+                    f"{b.example_ids[i]!r}; a loss is one number per row (sum or mean it)"
+                )
+            per.append(v.reshape(()).float())
+        return torch.stack(per)
     if loss.kind in ("sum", "mean"):
         data = rows(x, tgt, groups, loss.positions, ctx)
         per = [r.sum() if loss.kind == "sum" else r.mean() for r in data]
@@ -88,7 +103,7 @@ def backward(plan: HookPlan, ctx: Ctx) -> None:
     if ctx.loss_value is None:
         raise GradError(f"{loss.where}: the loss's site '{loss.target.label}' did not run")
     try:
-        total = row_losses(loss, ctx.loss_value, ctx).sum()
+        total = row_losses(loss, ctx.loss_value, ctx, plan.expr_tokens).sum()
     except (SelectError, ValueError, IndexError, RuntimeError) as e:
         raise GradError(f"{loss.where}: {e}") from e
     grads = [a for acts in plan.actions.values() for a in acts if isinstance(a, GradAction)]

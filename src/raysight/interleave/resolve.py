@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import RaysightError
 from ..models.loading import LoadedModel
-from ..spec.backward import FieldRef, GradOp, MeanLoss, SumLoss, loss_kind
+from ..spec.backward import ExprLoss, FieldRef, GradOp, MeanLoss, SumLoss, loss_kind
 from ..spec.models import (
     CacheOp,
     ExprValue,
@@ -256,6 +256,16 @@ class _Resolver:
         kind = loss_kind(loss)
         where = f"backward.loss.{kind}"
         params = getattr(loss, kind)
+        if isinstance(loss, ExprLoss):
+            found = self.targets(loss.site, f"{where}.site")
+            if len(found) != 1:
+                if found:
+                    self.fail(where, f"'{loss.site}' names {len(found)} sites; a loss reads one")
+                return
+            for text in token_texts(loss.value):
+                self.plan.expr_tokens[text] = self.token(text, where)
+            self.plan.loss = LossAction(kind, found[0], None, -1, {}, "", where, loss.value)
+            return
         if isinstance(loss, (SumLoss, MeanLoss)):
             found = self.targets(params, where)
             if len(found) != 1:
@@ -317,7 +327,8 @@ class _Resolver:
                     name = f"{op.as_}.{_wild_values(op.grad, tgt.label)}"
                 else:
                     name = op.as_ or self.column_of.get(where, f"{tgt.label}.{suffix}")
-                save = SaveAction(tgt, name, op.positions, [], None, op.dtype, where)
+                save = SaveAction(tgt, name, op.positions, [], op.reduce, op.dtype, where)
+                save.at = self.at_sources(op.reduce, tgt, f"{where}.reduce.expr")
                 self.plan.saves.append(save)
             self.add(GradAction(tgt, kind, save, op.value, op.mode, op.positions, where))
 

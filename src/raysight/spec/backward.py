@@ -14,11 +14,15 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from ._base import Dtype, Positions, ValueSite, _Strict, _value_site, tag_by_key
-from .values import FromValue, Value
+from .expr import string_call_names
+from .reduce import Reduce, metric_kind
+from .tokens import FieldRef, TokenRef
+from .values import ExprValue, FileValue, FromValue, NumberField, Value
 
 __all__ = [
     "BackwardSpec",
     "CrossEntropyLoss",
+    "ExprLoss",
     "FieldRef",
     "GradOp",
     "LogitDiffLoss",
@@ -30,20 +34,6 @@ __all__ = [
     "TokenRef",
     "loss_fields",
     "loss_kind",
-]
-
-
-class FieldRef(_Strict):
-    field: str = Field(min_length=1)
-    """A data column holding, per row, the token as text (exactly one token) or as an id."""
-
-
-TokenRef = Annotated[
-    int | str | FieldRef,
-    Field(
-        description="A token: its id (int), its text (must tokenize to exactly one token, "
-        "e.g. ' Paris'), or {field: column} to take it from each data row."
-    ),
 ]
 
 
@@ -102,7 +92,30 @@ class CrossEntropyLoss(_Strict):
     """Next-token cross-entropy of the row's own tokens (language-model loss)."""
 
 
-_LOSS_KEYS = ("sum", "mean", "logprob", "logit", "logit_diff", "cross_entropy")
+class ExprLoss(_Strict):
+    expr: str
+    """An expression giving one number per row (spec/expr.py): `x` is the row's value of
+    `site`, e.g. "log_softmax(x[-1])[tok(' Paris')] - log_softmax(x[-1])[tok(' Rome')]"."""
+    site: ValueSite = "logits"
+    """The value `x` is: the logits by default, or any site (the row's real tokens only)."""
+    let: dict[str, float | FileValue | NumberField] = {}
+    """Names besides `x`: numbers, tensor files, the row's numbers from data columns."""
+
+    _site = field_validator("site")(_value_site)
+
+    @model_validator(mode="after")
+    def _checked(self) -> ExprLoss:
+        ExprValue(expr=self.expr, let=self.let)  # the same checks as any expression
+        if "at" in string_call_names(self.expr):
+            raise ValueError("a loss reads its own site: at() is not available in a loss")
+        return self
+
+    @property
+    def value(self) -> ExprValue:
+        return ExprValue(expr=self.expr, let=self.let)
+
+
+_LOSS_KEYS = ("sum", "mean", "logprob", "logit", "logit_diff", "cross_entropy", "expr")
 
 
 loss_kind = tag_by_key(_LOSS_KEYS)
@@ -115,7 +128,8 @@ Loss = Annotated[
     | Annotated[LogprobLoss, Tag("logprob")]
     | Annotated[LogitLoss, Tag("logit")]
     | Annotated[LogitDiffLoss, Tag("logit_diff")]
-    | Annotated[CrossEntropyLoss, Tag("cross_entropy")],
+    | Annotated[CrossEntropyLoss, Tag("cross_entropy")]
+    | Annotated[ExprLoss, Tag("expr")],
     Discriminator(
         loss_kind,
         custom_error_type="loss",
@@ -148,6 +162,9 @@ class GradOp(_Strict):
     first-order estimate attribution patching uses."""
     dtype: Dtype | None = None
     """Cast the saved values; default: their own dtype."""
+    reduce: Reduce | None = None
+    """Reduce the saved gradient as a save's reduce does (norm, mean, argmax, {topk: k}, or an
+    expression {expr: "norm(x)"}); not with value or attribution."""
 
     _site = field_validator("grad")(_value_site)
 
@@ -159,8 +176,14 @@ class GradOp(_Strict):
             raise ValueError("value: a gradient can be set to zeros, a number, noise or a file")
         if self.value is None and self.mode != "replace":
             raise ValueError("mode applies to a set gradient: give value as well")
-        if self.value is not None and (self.as_ or self.dtype):
-            raise ValueError("as and dtype name a saved column; a grad op with value saves none")
+        if self.value is not None and (self.as_ or self.dtype or self.reduce is not None):
+            raise ValueError(
+                "as, dtype and reduce are for a saved gradient; a grad op with value saves none"
+            )
+        if self.attribution and self.reduce is not None:
+            raise ValueError("an attribution is already reduced (summed over the last dimension)")
+        if metric_kind(self.reduce):
+            raise ValueError("reduce on a gradient: norm, mean, argmax, {topk: k} or {expr}")
         return self
 
     @property

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .sites import SiteError, parse_value_site
 
-__all__ = ["FUNCTIONS", "MAX_DEPTH", "MAX_LENGTH", "ExprError", "check_expr"]
+__all__ = ["FUNCTIONS", "MAX_DEPTH", "MAX_LENGTH", "ExprError", "check_expr", "string_call_names"]
 
 #: function -> (least, most positional arguments, keywords it takes)
 FUNCTIONS: dict[str, tuple[int, int, tuple[str, ...]]] = {
@@ -254,3 +254,17 @@ def _negated(node: ast.AST) -> ast.AST:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return node.operand
     return node
+
+
+def string_call_names(text: str) -> set[str]:
+    """The names of the functions an expression calls (for a quick check of where one is used;
+    the text is checked in full elsewhere)."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return set()
+    return {
+        n.func.id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }

@@ -414,7 +414,11 @@ class Spec(_Strict):
             if self.output.layout == "per_token":
                 out.append("output.layout: per_token is not supported with generate")
             if self.backward is not None:
-                out.append("backward: gradients during generate are not supported")
+                out.append(
+                    "backward: gradients during generate are not supported (a generated token "
+                    "is sampled, so no loss differentiates through it); take gradients on a "
+                    "forward pass of the prompt and its continuation as text"
+                )
             if self.data.input_field:
                 out.append("generate: needs a language model fed text, not data.input_field")
         return out

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag
 
 from ._base import _Strict, tag_by_key
-from .backward import TokenRef
+from .tokens import TokenRef
 from .values import ExprValue
 
 __all__ = [

@@ -156,10 +156,13 @@ def token_fields(spec: Any) -> list[tuple[str, str]]:
 
 
 def number_columns(spec: Any) -> list[str]:
-    """The data columns whose per-row numbers expressions read ({field: name} in a let)."""
-    from .values import number_fields
+    """The data columns whose per-row numbers expressions read ({field: name} in a let of an op
+    or of an expression loss)."""
+    from .values import NumberField, number_fields
 
     cols = {col for v in spec.variants for col, _ in number_fields(list(v.ops))}
+    loss = spec.backward.loss if spec.backward else None
+    cols |= {b.field for b in getattr(loss, "let", {}).values() if isinstance(b, NumberField)}
     return sorted(cols)
 
 
