@@ -263,3 +263,35 @@ def test_a_row_without_a_number_is_a_row_error(tiny_dirs, run_spec):
     assert len(errors) == 1 and errors[0]["example_id"] == 1
     assert "field 'alpha' is 'lots'; an expression's let needs a number" in errors[0]["reason"]
     assert by_id(ds, "last").keys() == {0}
+
+
+def test_per_row_positions_from_data_fields(direction, tiny_dirs, tiny_models, run_spec):
+    """Each prompt's own position (e.g. its subject's last token) from its data row: a save of
+    that token, and steering only there with put(x, p, ...), against plain hooks."""
+    path, d = direction
+    model, tok = tiny_models["llama"]
+    positions = [3, 1, -2, 0]
+    prompts = [{"text": p, "pos": q} for p, q in zip(PICKED, positions)]
+    let = {"p": {"field": "pos"}, "d": {"file": path}}
+    ops = [
+        {"save": "layers.0.output", "reduce": {"expr": "x[p]", "let": let}, "as": "at_p"},
+        {"set": "layers.1.output", "value": {"expr": "put(x, p, x[p] + 3 * d)", "let": let}},
+        {"save": "logits[:, -1]", "as": "last"},
+    ]
+    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=prompts))
+    at_p, last = by_id(ds, "at_p"), by_id(ds, "last")
+    for k, (prompt, q) in enumerate(zip(PICKED, positions)):
+
+        def steer(m, a, o, q=q):
+            h = first(o).clone()
+            h[0, q] += 3 * d
+            return (h, *o[1:]) if isinstance(o, tuple) else h
+
+        got, _ = alone(model, tok, prompt, capture={"h0": "model.layers.0"})
+        _close(at_p[k], first(got["h0"])[0, q], "the row's own position")
+        hook = model.model.layers[1].register_forward_hook(steer)
+        try:
+            _, out = alone(model, tok, prompt)
+        finally:
+            hook.remove()
+        _close(last[k], out.logits[0, -1], "steered at the row's own position")

@@ -95,6 +95,17 @@ def evaluate(
     return out
 
 
+def _as_index(v: Any) -> Any:
+    """A position or latent given by a let name (a row's number): a whole number."""
+    if not torch.is_tensor(v):
+        return v
+    if v.device.type == "meta":  # planning: any position of the probe's rows will do
+        return 0
+    if v.numel() != 1 or float(v) != int(float(v)):
+        raise ExprRunError(f"an index must be a whole number, got {v.tolist()}")
+    return int(float(v))
+
+
 def _guard(shape: torch.Size, what: str) -> None:
     n = shape.numel()
     if n > MAX_ELEMENTS:
@@ -120,6 +131,13 @@ def _setlat(z: torch.Tensor, i: int, v: Any) -> torch.Tensor:
     """z with latent i (the last dimension) set to v: clamp a feature, or zero it."""
     out = z.clone()
     out[..., i] = v
+    return out
+
+
+def _put(x: torch.Tensor, i: int, v: Any) -> torch.Tensor:
+    """x with its row i (the first dimension: a token) set to v."""
+    out = x.clone()
+    out[i] = v
     return out
 
 
@@ -178,6 +196,7 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "topk": lambda x, k: torch.topk(x, k, dim=-1).values,
     "argtopk": lambda x, k: torch.topk(x, k, dim=-1).indices,
     "setlat": _setlat,
+    "put": _put,
     "relu": torch.relu,
     "gelu": F.gelu,
     "tanh": torch.tanh,
@@ -225,6 +244,8 @@ class _Eval:
             return self.at[node.args[0].value]
         args = [self.run(a) for a in node.args]
         kwargs = {kw.arg: self.run(kw.value) for kw in node.keywords}
+        if name in ("setlat", "put", "argtopk", "topk"):
+            args[1] = _as_index(args[1])
         if name in ("encode", "decode", "error"):
             if not isinstance(args[0], Sae) or not torch.is_tensor(args[1]):
                 raise ExprRunError(f"{name}() takes an SAE bound in let and a tensor")
@@ -245,6 +266,8 @@ class _Eval:
     def index(self, node: ast.AST) -> Any:
         if isinstance(node, ast.Tuple):
             return tuple(self.index(e) for e in node.elts)
+        if isinstance(node, (ast.Name, ast.UnaryOp)):  # a let name: a row's position
+            return _as_index(self.run(node))
         if isinstance(node, ast.Slice):
             parts = [
                 None if p is None else self.run(p) for p in (node.lower, node.upper, node.step)

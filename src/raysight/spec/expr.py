@@ -56,6 +56,7 @@ FUNCTIONS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "error": (2, 2, ()),
     "setlat": (3, 3, ()),
     "argtopk": (2, 2, ()),
+    "put": (3, 3, ()),
 }
 MAX_LENGTH = 1000
 MAX_DEPTH = 32
@@ -176,23 +177,21 @@ class _Checker:
         self.int_or_tok(node)
 
     def int_or_tok(self, node: ast.AST) -> None:
-        """An index: an integer constant (maybe negative) or tok('text')."""
-        n = (
-            node.operand
-            if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
-            else node
-        )
-        if (
-            isinstance(n, ast.Constant)
-            and isinstance(n.value, int)
-            and not isinstance(n.value, bool)
-        ):
+        """An index: an integer constant (maybe negative), tok('text'), or a let name (a row's
+        number from a data column: a per-row position)."""
+        n = _negated(node)
+        if isinstance(n, ast.Constant) and type(n.value) is int:
             self.constant(n, True)
+            return
+        if isinstance(n, ast.Name) and n.id in self.names and n.id != "x":
             return
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "tok":
             self.call(node, 0)
             return
-        self.fail(node, "an index is an integer, a slice of integers, ..., None or tok('text')")
+        self.fail(
+            node,
+            "an index is an integer, a slice of integers, ..., None, tok('text') or a let name",
+        )
 
     def call(self, node: ast.Call, depth: int) -> None:
         name = node.func.id if isinstance(node.func, ast.Name) else None
@@ -218,7 +217,7 @@ class _Checker:
             return
         if name in ("topk", "argtopk"):
             self.int_or_tok(node.args[1])
-        if name == "setlat":
+        if name in ("setlat", "put"):
             self.int_or_tok(node.args[1])
         if name in ("encode", "decode", "error") and not isinstance(node.args[0], ast.Name):
             self.fail(node, f"{name}() takes an SAE bound in let first: {name}(sae, x)")
@@ -236,11 +235,7 @@ class _Checker:
             self.fail(arg, f"at(): {e}")
 
     def dim(self, node: ast.AST) -> None:
-        n = (
-            node.operand
-            if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
-            else node
-        )
+        n = _negated(node)
         if not (isinstance(n, ast.Constant) and type(n.value) is int and abs(n.value) <= 64):
             self.fail(node, "dim is an integer (-1 is the last dimension)")
 
