@@ -158,3 +158,25 @@ def test_saes_saved_by_saelens_itself(kind, tmp_path):
         z = sae.encode(x)
         _close(mine.encode(x), z, "encode")
         _close(mine.decode(z), sae.decode(z), "decode")
+
+
+def test_an_sae_in_apply_saves_sparse_latents(tiny_dirs, tiny_models, tmp_path, run_spec):
+    """apply: [{sae: DIR}] encodes before the reduce: {topk: k} keeps each token's k largest
+    latents as ids and values (the sparse form SAE work stores)."""
+    w = _write_sae(tmp_path / "sae", "jumprelu")
+    ops = [
+        {
+            "save": "layers.1.output",
+            "apply": [{"sae": str(tmp_path / "sae")}],
+            "reduce": {"topk": 4},
+            "as": "lat",
+        }
+    ]
+    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=PICKED))
+    ids, vals = by_id(ds, "lat_ids"), by_id(ds, "lat_values")
+    model, tok = tiny_models["llama"]
+    for k, prompt in enumerate(PICKED):
+        h = first(alone(model, tok, prompt, capture={"h": "model.layers.1"})[0]["h"])[0]
+        top = _encode(w, h, "jumprelu").topk(4, dim=-1)
+        _close(vals[k], top.values, "top latents")
+        assert torch.equal(ids[k], top.indices)

@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 
-from ..spec.models import ExprValue, FileValue, TopK, ZerosValue
+from ..spec.models import ExprValue, FileValue, SaeBinding, TopK, ZerosValue
 from ..spec.reduce import metric_kind
 from .actions import HookPlan, SaveAction, SetAction, Target
 from .expr import evaluate
 from .pairs import metric
 from .rows import Ctx, batched, extract, has_seq, map_rows, reduce_last, row_view, text_tokens
+from .sae import load_sae
 from .selectors import SelectError, abs_positions, container_get, container_set, split_index
 from .values import check_broadcast, load_tensor_file, make_value
 
@@ -31,7 +32,10 @@ def save(value: Any, act: SaveAction, ctx: Ctx, plan: HookPlan, modules: dict) -
     if act.positions is None and not act.apply and act.reduce is None:
         data = map_rows(data, torch.clone)  # a view of the live tensor otherwise
     for name in act.apply:
-        data = map_rows(data, modules[name].forward)  # direct call: no hooks fire
+        if isinstance(name, SaeBinding):  # an SAE's latents
+            data = map_rows(data, lambda t, b=name: load_sae(b).to(t).encode(t))
+        else:
+            data = map_rows(data, modules[name].forward)  # direct call: no hooks fire
     if act.tokens is not None:
         red = metric(data, act.tokens, metric_kind(act.reduce), ctx)
     elif isinstance(act.reduce, ExprValue):  # per row, on the row's value as it is saved

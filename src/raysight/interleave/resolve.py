@@ -337,6 +337,9 @@ class _Resolver:
         pattern = parse_value_site(op.save).is_pattern
         apply = []
         for m in op.apply:
+            if not isinstance(m, str):  # an SAE's encoder
+                apply.append(m)
+                continue
             mods = self.modules(m, f"{where}.apply")
             if len(mods) > 1:
                 self.fail(f"{where}.apply", f"'{m}' names {len(mods)} modules; name one")

@@ -184,7 +184,10 @@ class ValueRef:
             if val is not None:
                 op[key] = list(val) if key == "positions" else val
         if apply:
-            op["apply"] = [m.path if isinstance(m, ModuleRef) else str(m) for m in apply]
+            op["apply"] = [
+                m.path if isinstance(m, ModuleRef) else m if isinstance(m, dict) else str(m)
+                for m in apply
+            ]
         self._rec.add(op)
         return self
 

@@ -37,7 +37,7 @@ from .generate import GenerateSpec, Steps, parse_steps
 from .output import ExecutionSpec, OutputSpec
 from .reduce import Reduce, TopK
 from .sweep import Axis, Variant
-from .values import ExprValue, FileValue, FromValue, NoiseValue, Value, ZerosValue
+from .values import ExprValue, FileValue, FromValue, NoiseValue, SaeBinding, Value, ZerosValue
 
 __all__ = [
     "ALLOW_CODE",
@@ -155,9 +155,10 @@ class SaveOp(_Strict):
     positions: Positions = None
     as_: str | None = Field(None, alias="as", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """Column name (default: the site). With a wildcard, each column is `<as>.<expanded parts>`."""
-    apply: list[str] = []
+    apply: list[str | SaeBinding] = []
     """Modules called on the value before saving, in order (e.g. [final_norm, lm_head] for the
-    logit lens). Their forward runs directly: no hooks fire."""
+    logit lens); their forward runs directly: no hooks fire. An item {sae: path} encodes with
+    that SAE: its latents, which `reduce: {topk: k}` keeps sparse (ids and values)."""
     reduce: Reduce | None = None
     """Reduce the last dimension: argmax, topk {topk: k}, norm (L2), mean, or a metric on
     logits: {logit_diff: {a, b}}, {prob: token}, {logprob: token}; or any expression of the
@@ -188,8 +189,8 @@ class SaveOp(_Strict):
 
     @field_validator("apply")
     @classmethod
-    def _modules(cls, v: list[str]) -> list[str]:
-        return [_module_site(m) for m in v]
+    def _modules(cls, v: list[str | SaeBinding]) -> list[str | SaeBinding]:
+        return [_module_site(m) if isinstance(m, str) else m for m in v]
 
 
 class SetOp(_Strict):
