@@ -21,6 +21,14 @@ _DECODER = dict(
     max_position_embeddings=128,
 )
 _GQA = {**_DECODER, "head_dim": 8}
+_OPT_CONFIG = dict(
+    num_hidden_layers=2,
+    hidden_size=32,
+    ffn_dim=64,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+    word_embed_proj_dim=32,
+)
 
 #: family -> (config class name, config arguments)
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -40,29 +48,8 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma3_text": ("Gemma3TextConfig", _GQA),
     "phi3": ("Phi3Config", _DECODER),
     "olmo2": ("Olmo2Config", _DECODER),
-    "opt": (
-        "OPTConfig",
-        dict(
-            num_hidden_layers=2,
-            hidden_size=32,
-            ffn_dim=64,
-            num_attention_heads=4,
-            max_position_embeddings=128,
-            word_embed_proj_dim=32,
-        ),
-    ),
-    "opt_postnorm": (
-        "OPTConfig",
-        dict(
-            num_hidden_layers=2,
-            hidden_size=32,
-            ffn_dim=64,
-            num_attention_heads=4,
-            max_position_embeddings=128,
-            word_embed_proj_dim=32,
-            do_layer_norm_before=False,
-        ),
-    ),
+    "opt": ("OPTConfig", _OPT_CONFIG),
+    "opt_postnorm": ("OPTConfig", {**_OPT_CONFIG, "do_layer_norm_before": False}),
     "bert": (
         "BertConfig",
         dict(

@@ -49,6 +49,17 @@ def first(x: Any) -> torch.Tensor:
     return x[0] if isinstance(x, tuple) else x
 
 
+def on_first(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Any], Any]:
+    """An ``edit`` for :func:`alone` that replaces a module's primary value (element 0 of a
+    tuple output) with ``fn(value)``, keeping the rest."""
+
+    def edit(out: Any) -> Any:
+        new = fn(first(out))
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    return edit
+
+
 def grads_alone(
     model: torch.nn.Module,
     tok: Any,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import PROMPTS, by_id, make_spec
-from reference import alone, first
+from reference import alone, first, on_first
 
 PICKED = [PROMPTS[0], PROMPTS[1], PROMPTS[3], PROMPTS[4]]
 OTHER = [PROMPTS[5], PROMPTS[7], PROMPTS[9]]
@@ -35,16 +35,8 @@ def run1(tiny_dirs, tmp_path, run_spec):
 
 def _with_layer1(model, tok, prompt, fn):
     """The plain model on one prompt with layer 1's output replaced by fn(output)."""
-
-    def hook(m, a, o):
-        h = fn(first(o).clone())
-        return (h, *o[1:]) if isinstance(o, tuple) else h
-
-    handle = model.model.layers[1].register_forward_hook(hook)
-    try:
-        return alone(model, tok, prompt)[1].logits[0]
-    finally:
-        handle.remove()
+    edit = {"model.layers.1": on_first(lambda h: fn(h.clone()))}
+    return alone(model, tok, prompt, edit=edit)[1].logits[0]
 
 
 def test_mean_ablation_from_an_earlier_runs_means(run1, tiny_dirs, tiny_models, run_spec):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import PROMPTS, by_id, make_spec, plan_problems
-from reference import alone, first
+from reference import alone, first, on_first
 
 PICKED = [PROMPTS[0], PROMPTS[1], PROMPTS[3], PROMPTS[4]]
 LAYER = {"gpt2": "transformer.h", "llama": "model.layers"}
@@ -50,20 +50,11 @@ def test_directional_ablation_at_every_layer(arch, direction, tiny_dirs, tiny_mo
     cos, ent, diff = by_id(ds, "cos"), by_id(ds, "ent"), by_id(ds, "diff")
     u = d / d.norm()
 
-    def ablate(m, a, o):
-        h = first(o)
-        h = h - (h @ u)[..., None] * u
-        return (h, *o[1:]) if isinstance(o, tuple) else h
-
-    mods = dict(model.named_modules())
+    ablate = on_first(lambda h: h - (h @ u)[..., None] * u)
+    edit = {f"{LAYER[arch]}.{i}": ablate for i in range(3)}
     e, a = tok.convert_tokens_to_ids("e"), tok.convert_tokens_to_ids("a")
     for k, prompt in enumerate(PICKED):
-        hooks = [mods[f"{LAYER[arch]}.{i}"].register_forward_hook(ablate) for i in range(3)]
-        try:
-            got, out = alone(model, tok, prompt, capture={"h0": f"{LAYER[arch]}.0"})
-        finally:
-            for h in hooks:
-                h.remove()
+        got, out = alone(model, tok, prompt, capture={"h0": f"{LAYER[arch]}.0"}, edit=edit)
         h0 = first(got["h0"])[0]  # layer 1's input is layer 0's (ablated) output
         _close(cos[k], F.cosine_similarity(h0, d[None], dim=-1), "cosine")
         assert cos[k].abs().max() < 1e-5  # nothing left along d
@@ -89,16 +80,13 @@ def test_expressions_with_positions_lets_and_a_sweep(direction, tiny_dirs, tiny_
     last, scaled = ds.to_torch("last"), ds.to_torch("scaled")
     for r, got, times in zip(rows, last, scaled):
 
-        def steer(m, a, o, alpha=r["alpha"]):
-            h = first(o).clone()
+        def steer(h, alpha=r["alpha"]):
+            h = h.clone()
             h[:, -1] += alpha * d / d.norm()
-            return (h, *o[1:]) if isinstance(o, tuple) else h
+            return h
 
-        hook = model.model.layers[1].register_forward_hook(steer)
-        try:
-            _, out = alone(model, tok, PICKED[r["example_id"]])
-        finally:
-            hook.remove()
+        edit = {"model.layers.1": on_first(steer)}
+        _, out = alone(model, tok, PICKED[r["example_id"]], edit=edit)
         _close(got, out.logits[0, -1])
         _close(times, got[0] * r["alpha"])  # a placeholder inside the text
 
@@ -204,16 +192,12 @@ def test_at_reads_another_site_of_the_same_forward(tiny_dirs, tiny_models, run_s
         h0, h1 = first(got["h0"])[0], first(got["h1"])[0]
         _close(cos[k], F.cosine_similarity(h1, h0, dim=-1), "cosine of two layers")
 
-        def add(m, a, o, h0=h0):
-            h = first(o).clone()
+        def add(h, h0=h0):
+            h = h.clone()
             h[0, -1] += h0[-1]
-            return (h, *o[1:]) if isinstance(o, tuple) else h
+            return h
 
-        hook = model.model.layers[2].register_forward_hook(add)
-        try:
-            _, out = alone(model, tok, prompt)
-        finally:
-            hook.remove()
+        _, out = alone(model, tok, prompt, edit={"model.layers.2": on_first(add)})
         _close(last[k], out.logits[0, -1], "after adding layer 0's output")
 
 
@@ -238,16 +222,8 @@ def test_per_row_numbers_from_data_fields(direction, tiny_dirs, tiny_models, run
     ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=prompts))
     last, kl = by_id(ds, "last"), by_id(ds, "kl")
     for k, (prompt, alpha) in enumerate(zip(PICKED, alphas)):
-
-        def steer(m, a, o, alpha=alpha):
-            h = first(o) + alpha * d / d.norm()
-            return (h, *o[1:]) if isinstance(o, tuple) else h
-
-        hook = model.model.layers[1].register_forward_hook(steer)
-        try:
-            _, out = alone(model, tok, prompt)
-        finally:
-            hook.remove()
+        steer = on_first(lambda h, alpha=alpha: h + alpha * d / d.norm())
+        _, out = alone(model, tok, prompt, edit={"model.layers.1": steer})
         logits = out.logits[0, -1]
         _close(last[k], logits)
         p, q = logits.log_softmax(-1), (logits * 0.5).log_softmax(-1)
@@ -282,16 +258,12 @@ def test_per_row_positions_from_data_fields(direction, tiny_dirs, tiny_models, r
     at_p, last = by_id(ds, "at_p"), by_id(ds, "last")
     for k, (prompt, q) in enumerate(zip(PICKED, positions)):
 
-        def steer(m, a, o, q=q):
-            h = first(o).clone()
+        def steer(h, q=q):
+            h = h.clone()
             h[0, q] += 3 * d
-            return (h, *o[1:]) if isinstance(o, tuple) else h
+            return h
 
         got, _ = alone(model, tok, prompt, capture={"h0": "model.layers.0"})
         _close(at_p[k], first(got["h0"])[0, q], "the row's own position")
-        hook = model.model.layers[1].register_forward_hook(steer)
-        try:
-            _, out = alone(model, tok, prompt)
-        finally:
-            hook.remove()
+        _, out = alone(model, tok, prompt, edit={"model.layers.1": on_first(steer)})
         _close(last[k], out.logits[0, -1], "steered at the row's own position")

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import PROMPTS, by_id, make_spec, plan_problems
-from reference import alone, first
+from reference import alone, first, on_first
 
 PICKED = [PROMPTS[0], PROMPTS[1], PROMPTS[3], PROMPTS[4]]
 D_IN, D_SAE = 32, 64
@@ -97,22 +97,16 @@ def test_clamp_a_latent_and_keep_the_error_term(tiny_dirs, tiny_models, tmp_path
     last = by_id(ds, "last")
     model, tok = tiny_models["llama"]
 
-    def hook(m, a, o):
-        h = first(o)
+    def clamp(h):
         zc = _encode(w, h, "jumprelu")
         recon = zc @ w["W_dec"] + w["b_dec"]
         zc = zc.clone()
         zc[..., 7] = 5.0
-        new = zc @ w["W_dec"] + w["b_dec"] + (h - recon)
-        return (new, *o[1:]) if isinstance(o, tuple) else new
+        return zc @ w["W_dec"] + w["b_dec"] + (h - recon)
 
-    handle = model.model.layers[1].register_forward_hook(hook)
-    try:
-        for k, prompt in enumerate(PICKED):
-            _, out = alone(model, tok, prompt)
-            _close(last[k], out.logits[0, -1], "steered logits")
-    finally:
-        handle.remove()
+    for k, prompt in enumerate(PICKED):
+        _, out = alone(model, tok, prompt, edit={"model.layers.1": on_first(clamp)})
+        _close(last[k], out.logits[0, -1], "steered logits")
 
 
 def test_bad_saes_are_refused_naming_the_op(tiny_dirs, tmp_path):
