@@ -267,3 +267,33 @@ def test_per_row_positions_from_data_fields(direction, tiny_dirs, tiny_models, r
         _close(at_p[k], first(got["h0"])[0, q], "the row's own position")
         _, out = alone(model, tok, prompt, edit={"model.layers.1": on_first(steer)})
         _close(last[k], out.logits[0, -1], "steered at the row's own position")
+
+
+def test_positions_from_a_data_column(tiny_dirs, tiny_models, run_spec):
+    """positions: {field: pos} on a save and a set (each row's own token), against plain hooks;
+    a row whose position lies past its tokens is a row error."""
+    model, tok = tiny_models["llama"]
+    positions = [3, 1, -2, 0]
+    prompts = [{"text": p, "pos": q} for p, q in zip(PICKED, positions)]
+    prompts.append({"text": "ab", "pos": 9})  # past its 3 tokens
+    ops = [
+        {"save": "layers.0.output", "positions": {"field": "pos"}, "as": "at_p"},
+        {"set": "layers.1.output", "positions": {"field": "pos"}, "value": 2.0, "mode": "scale"},
+        {"save": "logits[:, -1]", "as": "last"},
+    ]
+    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=prompts))
+    at_p, last = by_id(ds, "at_p"), by_id(ds, "last")
+    errors = ds.errors()
+    assert [e["example_id"] for e in errors] == [4]
+    assert "position 9 is past the row's 3 tokens" in errors[0]["reason"]
+    for k, (prompt, q) in enumerate(zip(PICKED, positions)):
+
+        def scale(h, q=q):
+            h = h.clone()
+            h[0, q] *= 2.0
+            return h
+
+        got, _ = alone(model, tok, prompt, capture={"h0": "model.layers.0"})
+        _close(at_p[k], first(got["h0"])[0, [q]], "the row's own position")
+        _, out = alone(model, tok, prompt, edit={"model.layers.1": on_first(scale)})
+        _close(last[k], out.logits[0, -1], "scaled at the row's own position")

@@ -174,3 +174,29 @@ def test_an_sae_in_apply_saves_sparse_latents(tiny_dirs, tiny_models, tmp_path, 
         top = _encode(w, h, "jumprelu").topk(4, dim=-1)
         _close(vals[k], top.values, "top latents")
         assert torch.equal(ids[k], top.indices)
+
+
+def test_a_transcoder_replaces_an_mlp(tiny_dirs, tiny_models, tmp_path, run_spec):
+    """A transcoder (SAELens' layout, reading the MLP's input and predicting its output):
+    the MLP's output replaced by decode(t, encode(t, at('layers.1.mlp.input')))."""
+    w = _write_sae(tmp_path / "tc", "standard")
+    let = {"t": {"sae": str(tmp_path / "tc")}}
+    expr = "decode(t, encode(t, at('layers.1.mlp.input')))"
+    ops = [
+        {"set": "layers.1.mlp.output", "value": {"expr": expr, "let": let}},
+        {"save": "logits[:, -1]", "as": "last"},
+    ]
+    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=PICKED))
+    last = by_id(ds, "last")
+    model, tok = tiny_models["llama"]
+    mlp = model.model.layers[1].mlp
+
+    def swap(m, args, out):
+        return _encode(w, args[0], "standard") @ w["W_dec"] + w["b_dec"]
+
+    handle = mlp.register_forward_hook(swap)
+    try:
+        for k, prompt in enumerate(PICKED):
+            _close(last[k], alone(model, tok, prompt)[1].logits[0, -1], "with the transcoder")
+    finally:
+        handle.remove()

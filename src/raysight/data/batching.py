@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "Batch",
     "Encoded",
+    "check_position",
     "collate",
     "encode",
     "pack",
@@ -176,6 +177,16 @@ def row_numbers(fields: dict[str, Any], columns: list[str]) -> dict[str, float]:
             raise ValueError(f"field {col!r} is {v!r}; an expression's let needs a number")
         out[col] = float(v)
     return out
+
+
+def check_position(value: float, column: str, tokens: int) -> None:
+    """A row's position from a data column must be a whole number within its tokens."""
+    if value != int(value):
+        raise ValueError(f"field {column!r} is {value}; a position is a whole number")
+    if not -tokens <= int(value) < tokens:
+        raise ValueError(
+            f"field {column!r}: position {int(value)} is past the row's {tokens} tokens"
+        )
 
 
 def pack(

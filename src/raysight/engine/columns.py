@@ -213,10 +213,12 @@ def min_tokens(spec: Spec, variant: int | None = None) -> int:
     variant (or in every variant)."""
     chosen = spec.variants if variant is None else [spec.variants[variant]]
     ops = [op for v in chosen for op in (*v.edits, *v.ops)]
-    pos = [p for op in ops for p in (getattr(op, "positions", None) or [])]
+    # positions from a data column are each row's own: checked per row when it runs
+    pos = [p for op in ops if isinstance(ps := getattr(op, "positions", None), list) for p in ps]
     if spec.backward is not None:
         loss = spec.backward.loss
-        pos += getattr(loss, "positions", None) or []
+        lp = getattr(loss, "positions", None)
+        pos += lp if isinstance(lp, list) else []
         for key in ("logprob", "logit", "logit_diff"):
             if getattr(loss, key, None) is not None:
                 pos.append(getattr(loss, key).position)

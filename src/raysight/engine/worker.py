@@ -16,6 +16,7 @@ import torch
 from ..data.batching import (
     Batch,
     Encoded,
+    check_position,
     collate,
     pack,
     row_numbers,
@@ -29,7 +30,7 @@ from ..interleave.actions import SetAction
 from ..interleave.interleaver import Interleaver, OpError
 from ..models.loading import load_model, quiet_hf
 from ..spec.load import parse_spec
-from ..spec.variants import number_columns, row_fields, token_fields
+from ..spec.variants import number_columns, position_columns, row_fields, token_fields
 from ..writers.shard import ShardWriter
 from ..writers.shuffle import ShuffleBuffer
 from .ids import id_keys
@@ -124,6 +125,7 @@ class ShardRunner:
         # each variant has its own positions: a row too short for one variant is an error for
         # that variant only, and runs in the others
         self.min_tokens = [min_tokens(self.spec, v) for v in range(len(self.spec.variants))]
+        self.position_columns = position_columns(self.spec)
         self.out = Store(self.spec.output.path)
         pair = self.spec.data.pair
         # a whole-value copy between pair rows aligns them token by token
@@ -338,6 +340,8 @@ class ShardRunner:
                 try:
                     values = row_numbers(rows[eid].fields, numbers)
                     members = [replace(e, numbers=values) for e in members]
+                    for col in self.position_columns:
+                        check_position(values[col], col, min(len(e.ids) for e in members))
                 except ValueError as err:
                     problem = f"number from the data: {err}"
             lengths = [len(e.ids) for e in members]

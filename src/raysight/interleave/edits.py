@@ -13,7 +13,17 @@ from ..spec.reduce import metric_kind
 from .actions import HookPlan, SaveAction, SetAction, Target
 from .expr import evaluate
 from .pairs import metric
-from .rows import Ctx, batched, extract, has_seq, map_rows, reduce_last, row_view, text_tokens
+from .rows import (
+    Ctx,
+    batched,
+    extract,
+    has_seq,
+    map_rows,
+    reduce_last,
+    row_positions,
+    row_view,
+    text_tokens,
+)
 from .sae import load_sae
 from .selectors import SelectError, abs_positions, container_get, container_set, split_index
 from .values import check_broadcast, load_tensor_file, make_value
@@ -136,7 +146,7 @@ def set_value(value: Any, act: SetAction, ctx: Ctx, plan: HookPlan) -> Any:
             raise SelectError(f"{tgt.label}: positions need a sequence dimension")
         new = x.clone()  # never write into a tensor another module may still hold
         ar = torch.arange(ctx.size, device=x.device)[:, None]
-        idx = abs_positions(act.positions, b.starts, b.lengths, x.device)
+        idx = abs_positions(row_positions(act.positions, ctx), b.starts, b.lengths, x.device)
         sub = x[ar, idx]
         vals = [
             _row_value(act.value, sub[i], i, src, ctx, where, plan)

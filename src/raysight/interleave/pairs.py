@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .actions import SetAction
-from .rows import Ctx, batched, has_seq, row_view
+from .rows import Ctx, batched, has_seq, row_positions, row_view
 from .selectors import SelectError, container_get, container_set, split_index
 
 __all__ = ["metric", "set_from_row"]
@@ -66,11 +66,13 @@ def _name(ctx: Ctx, i: int) -> str:
 
 
 def _aligned(
-    positions: list[int] | None, pmap: list[list[int]] | None, ctx: Ctx, i: int, j: int
+    positions: Any, pmap: list[list[int]] | None, ctx: Ctx, i: int, j: int
 ) -> tuple[list[int], list[int]]:
     """Target-row and source-row positions (from each row's first real token) that correspond."""
     b = ctx.batch
     li, lj = b.lengths[i], b.lengths[j]
+    if positions is not None and not isinstance(positions, list):  # the row's own, from data
+        positions = row_positions(positions, ctx)[i]
 
     def norm(p: int, n: int, what: str) -> int:
         q = p + n if p < 0 else p

@@ -27,6 +27,7 @@ __all__ = [
     "map_rows",
     "own",
     "reduce_last",
+    "row_positions",
     "row_view",
     "rows",
     "select_rows",
@@ -189,7 +190,7 @@ def rows(
             raise SelectError(
                 f"{tgt.label}: positions need a sequence dimension; shape is {list(x.shape)}"
             )
-        idx = abs_positions(positions, b.starts, b.lengths, x.device)
+        idx = abs_positions(row_positions(positions, ctx), b.starts, b.lengths, x.device)
         x = x[torch.arange(ctx.size, device=x.device)[:, None], idx]
         seq = False
     if not groups:
@@ -286,3 +287,13 @@ def token_flat(value: Any, n: int) -> Any:
 
 def _flat(t: Any, n: int) -> bool:
     return torch.is_tensor(t) and t.dim() >= 1 and t.shape[0] == n
+
+
+def row_positions(positions: Any, ctx: Ctx) -> list[int] | list[list[int]]:
+    """An op's positions for abs_positions: its list, or each row's own from a data column
+    (positions: {field}), carried with the row's numbers (checked against its length when the
+    shard read it)."""
+    if isinstance(positions, list):
+        return positions
+    numbers = ctx.batch.numbers or [{} for _ in range(ctx.size)]
+    return [[int(n[positions.field])] for n in numbers]

@@ -131,9 +131,13 @@ def to_torch_index(group: tuple[IndexItem, ...], rank: int, where: str) -> tuple
 
 
 def abs_positions(
-    positions: list[int], starts: list[int], lengths: list[int], device: torch.device
+    positions: list[int] | list[list[int]],
+    starts: list[int],
+    lengths: list[int],
+    device: torch.device,
 ) -> torch.Tensor:
-    """[rows, len(positions)] indices into the padded sequence for positions among real tokens.
+    """[rows, len(positions)] indices into the padded sequence for positions among real tokens
+    (the same for every row, or one list per row).
 
     Callers check lengths first; out-of-range positions are row errors, reported before the
     forward pass.

@@ -15,6 +15,7 @@ __all__ = [
     "MAX_TOKENS",
     "Dtype",
     "PathText",
+    "PositionField",
     "Positions",
     "ValueSite",
     "_Strict",
@@ -73,7 +74,18 @@ Dtype = Literal["float32", "float16", "bfloat16"]
 MAX_TOKENS = 1_048_576
 
 
-def _nonempty(v: list[int] | None) -> list[int] | None:
+class PositionField(_Strict):
+    """One position per row, read from a data column (``positions: {field: subj_pos}``)."""
+
+    field: str = Field(min_length=1)
+    """A data column holding each row's position among its real tokens (an integer; negative
+    counts from the end). A row whose value is not one, or lies past its tokens, is a row
+    error."""
+
+
+def _nonempty(v: Any) -> Any:
+    if isinstance(v, PositionField):
+        return v
     if v is not None and not v:
         raise ValueError("positions is empty; omit it to mean every token")
     for p in v or []:
@@ -83,12 +95,12 @@ def _nonempty(v: list[int] | None) -> list[int] | None:
 
 
 Positions = Annotated[
-    list[StrictInt | Placeholder] | None,  # strict: true is not position 1
+    list[StrictInt | Placeholder] | PositionField | None,  # strict: true is not position 1
     AfterValidator(_nonempty),
     Field(
         description="Token positions among the row's real tokens (negative counts from the end), "
         "whatever the padding side. Default: every token. With a sweep, an entry may be a "
-        "placeholder such as '{pos}'."
+        "placeholder such as '{pos}'. {field: column}: one position per row, from the data."
     ),
 ]
 

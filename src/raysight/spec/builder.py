@@ -130,7 +130,7 @@ class _Recorder:
             mode, value = value.mode, value.value
         op: dict[str, Any] = {"set": site, "value": _value(value), "mode": mode}
         if positions is not None:
-            op["positions"] = list(positions)
+            op["positions"] = positions if isinstance(positions, dict) else list(positions)
         if steps is not None:
             op["steps"] = steps
         self.add(op)
@@ -182,7 +182,7 @@ class ValueRef:
             ("special_tokens", special_tokens),
         ):
             if val is not None:
-                op[key] = list(val) if key == "positions" else val
+                op[key] = list(val) if key == "positions" and not isinstance(val, dict) else val
         if apply:
             op["apply"] = [
                 m.path if isinstance(m, ModuleRef) else m if isinstance(m, dict) else str(m)
@@ -225,7 +225,11 @@ class GradRef:
 
     def _add(self, op: dict[str, Any], **extra: Any) -> None:
         op.update(
-            {k: list(v) if k == "positions" else v for k, v in extra.items() if v is not None}
+            {
+                k: list(v) if k == "positions" and not isinstance(v, dict) else v
+                for k, v in extra.items()
+                if v is not None
+            }
         )
         self._rec.add(op)
 
@@ -357,7 +361,7 @@ class _Trace(ModuleRef):
         if name is not None:
             op["as"] = name
         if positions is not None:
-            op["positions"] = list(positions)
+            op["positions"] = positions if isinstance(positions, dict) else list(positions)
         self._rec.add(op)
 
 

@@ -17,7 +17,15 @@ from .sweep import (
     points,
 )
 
-__all__ = ["RESERVED", "expand", "number_columns", "row_fields", "site_key", "token_fields"]
+__all__ = [
+    "RESERVED",
+    "expand",
+    "number_columns",
+    "position_columns",
+    "row_fields",
+    "site_key",
+    "token_fields",
+]
 
 #: identity columns of a dataset: saves and sweep axes may not take their names
 RESERVED = (
@@ -156,14 +164,29 @@ def token_fields(spec: Any) -> list[tuple[str, str]]:
 
 
 def number_columns(spec: Any) -> list[str]:
-    """The data columns whose per-row numbers expressions read ({field: name} in a let of an op
-    or of an expression loss)."""
+    """The data columns whose per-row numbers the ops read: {field: name} in a let of an op or
+    of an expression loss, and positions: {field: name}."""
     from .values import NumberField, number_fields
 
     cols = {col for v in spec.variants for col, _ in number_fields(list(v.ops))}
     loss = spec.backward.loss if spec.backward else None
     cols |= {b.field for b in getattr(loss, "let", {}).values() if isinstance(b, NumberField)}
-    return sorted(cols)
+    return sorted(cols | set(position_columns(spec)))
+
+
+def position_columns(spec: Any) -> list[str]:
+    """The data columns that give an op (or the loss) one position per row."""
+    from ._base import PositionField
+
+    loss = spec.backward.loss if spec.backward else None
+    ops = [*(op for v in spec.variants for op in (*v.edits, *v.ops)), loss]
+    return sorted(
+        {
+            op.positions.field
+            for op in ops
+            if isinstance(getattr(op, "positions", None), PositionField)
+        }
+    )
 
 
 def row_fields(spec: Any) -> list[tuple[str, str]]:
