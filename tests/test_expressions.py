@@ -207,10 +207,11 @@ def test_at_must_name_an_earlier_site(tiny_dirs):
     assert "ops.0.reduce.expr: 'layers.2.output' is computed after the target" in msg
 
 
-def test_per_row_numbers_from_data_fields(direction, tiny_dirs, tiny_models, run_spec):
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_per_row_numbers_from_data_fields(arch, direction, tiny_dirs, tiny_models, run_spec):
     """Each prompt's own steering coefficient from its data row, and a KL reduce."""
     path, d = direction
-    model, tok = tiny_models["llama"]
+    model, tok = tiny_models[arch]
     alphas = [0.5, -2.0, 4.0, 0.0]
     prompts = [{"text": p, "alpha": a} for p, a in zip(PICKED, alphas)]
     value = {"expr": "x + a * normalize(d)", "let": {"d": {"file": path}, "a": {"field": "alpha"}}}
@@ -219,11 +220,11 @@ def test_per_row_numbers_from_data_fields(direction, tiny_dirs, tiny_models, run
         {"save": "logits[:, -1]", "as": "last"},
         {"save": "logits[:, -1]", "reduce": {"expr": "kl(x, x * 0.5)"}, "as": "kl"},
     ]
-    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=prompts))
+    ds = run_spec(make_spec(tiny_dirs[arch], None, ops, prompts=prompts))
     last, kl = by_id(ds, "last"), by_id(ds, "kl")
     for k, (prompt, alpha) in enumerate(zip(PICKED, alphas)):
         steer = on_first(lambda h, alpha=alpha: h + alpha * d / d.norm())
-        _, out = alone(model, tok, prompt, edit={"model.layers.1": steer})
+        _, out = alone(model, tok, prompt, edit={f"{LAYER[arch]}.1": steer})
         logits = out.logits[0, -1]
         _close(last[k], logits)
         p, q = logits.log_softmax(-1), (logits * 0.5).log_softmax(-1)
@@ -241,11 +242,12 @@ def test_a_row_without_a_number_is_a_row_error(tiny_dirs, run_spec):
     assert by_id(ds, "last").keys() == {0}
 
 
-def test_per_row_positions_from_data_fields(direction, tiny_dirs, tiny_models, run_spec):
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_per_row_positions_from_data_fields(arch, direction, tiny_dirs, tiny_models, run_spec):
     """Each prompt's own position (e.g. its subject's last token) from its data row: a save of
     that token, and steering only there with put(x, p, ...), against plain hooks."""
     path, d = direction
-    model, tok = tiny_models["llama"]
+    model, tok = tiny_models[arch]
     positions = [3, 1, -2, 0]
     prompts = [{"text": p, "pos": q} for p, q in zip(PICKED, positions)]
     let = {"p": {"field": "pos"}, "d": {"file": path}}
@@ -254,7 +256,7 @@ def test_per_row_positions_from_data_fields(direction, tiny_dirs, tiny_models, r
         {"set": "layers.1.output", "value": {"expr": "put(x, p, x[p] + 3 * d)", "let": let}},
         {"save": "logits[:, -1]", "as": "last"},
     ]
-    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=prompts))
+    ds = run_spec(make_spec(tiny_dirs[arch], None, ops, prompts=prompts))
     at_p, last = by_id(ds, "at_p"), by_id(ds, "last")
     for k, (prompt, q) in enumerate(zip(PICKED, positions)):
 
@@ -263,29 +265,31 @@ def test_per_row_positions_from_data_fields(direction, tiny_dirs, tiny_models, r
             h[0, q] += 3 * d
             return h
 
-        got, _ = alone(model, tok, prompt, capture={"h0": "model.layers.0"})
+        got, _ = alone(model, tok, prompt, capture={"h0": f"{LAYER[arch]}.0"})
         _close(at_p[k], first(got["h0"])[0, q], "the row's own position")
-        _, out = alone(model, tok, prompt, edit={"model.layers.1": on_first(steer)})
+        _, out = alone(model, tok, prompt, edit={f"{LAYER[arch]}.1": on_first(steer)})
         _close(last[k], out.logits[0, -1], "steered at the row's own position")
 
 
-def test_positions_from_a_data_column(tiny_dirs, tiny_models, run_spec):
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_positions_from_a_data_column(arch, tiny_dirs, tiny_models, run_spec):
     """positions: {field: pos} on a save and a set (each row's own token), against plain hooks;
     a row whose position lies past its tokens is a row error."""
-    model, tok = tiny_models["llama"]
+    model, tok = tiny_models[arch]
     positions = [3, 1, -2, 0]
     prompts = [{"text": p, "pos": q} for p, q in zip(PICKED, positions)]
-    prompts.append({"text": "ab", "pos": 9})  # past its 3 tokens
+    prompts.append({"text": "ab", "pos": 9})  # past its 2 or 3 tokens (3 with a BOS)
     ops = [
         {"save": "layers.0.output", "positions": {"field": "pos"}, "as": "at_p"},
         {"set": "layers.1.output", "positions": {"field": "pos"}, "value": 2.0, "mode": "scale"},
         {"save": "logits[:, -1]", "as": "last"},
     ]
-    ds = run_spec(make_spec(tiny_dirs["llama"], None, ops, prompts=prompts))
+    ds = run_spec(make_spec(tiny_dirs[arch], None, ops, prompts=prompts))
     at_p, last = by_id(ds, "at_p"), by_id(ds, "last")
     errors = ds.errors()
     assert [e["example_id"] for e in errors] == [4]
-    assert "position 9 is past the row's 3 tokens" in errors[0]["reason"]
+    n = len(tok("ab")["input_ids"])
+    assert f"position 9 is past the row's {n} tokens" in errors[0]["reason"]
     for k, (prompt, q) in enumerate(zip(PICKED, positions)):
 
         def scale(h, q=q):
@@ -293,7 +297,7 @@ def test_positions_from_a_data_column(tiny_dirs, tiny_models, run_spec):
             h[0, q] *= 2.0
             return h
 
-        got, _ = alone(model, tok, prompt, capture={"h0": "model.layers.0"})
+        got, _ = alone(model, tok, prompt, capture={"h0": f"{LAYER[arch]}.0"})
         _close(at_p[k], first(got["h0"])[0, [q]], "the row's own position")
-        _, out = alone(model, tok, prompt, edit={"model.layers.1": on_first(scale)})
+        _, out = alone(model, tok, prompt, edit={f"{LAYER[arch]}.1": on_first(scale)})
         _close(last[k], out.logits[0, -1], "scaled at the row's own position")

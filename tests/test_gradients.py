@@ -257,10 +257,12 @@ def test_bad_gradient_specs_name_the_field(tiny_dirs):
     assert "backward.loss: a loss has exactly one of the keys sum, mean, logprob" in msg
 
 
-def test_expression_loss_and_reduced_gradients(tiny_dirs, tiny_models, run_spec):
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_expression_loss_and_reduced_gradients(arch, tiny_dirs, tiny_models, run_spec):
     """A loss written as an expression (a log-prob difference with a per-row weight) and a
     gradient saved through a reduce: against plain autograd on each prompt alone."""
-    model, tok = tiny_models["llama"]
+    model, tok = tiny_models[arch]
+    layers = {"gpt2": "transformer.h", "llama": "model.layers"}[arch]
     prompts = [{"text": p, "w": w} for p, w in zip(PROMPTS[:4], [1.0, 0.5, 2.0, -1.0])]
     loss = {
         "expr": "w * (log_softmax(x[-1])[tok('e')] - log_softmax(x[-1])[tok('a')])",
@@ -271,9 +273,7 @@ def test_expression_loss_and_reduced_gradients(tiny_dirs, tiny_models, run_spec)
         {"grad": "layers.1.output", "reduce": "norm", "as": "gnorm"},
         {"grad": "layers.0.output", "reduce": {"expr": "sum(x * x)"}, "as": "gsq"},
     ]
-    ds = run_spec(
-        make_spec(tiny_dirs["llama"], None, ops, prompts=prompts, backward={"loss": loss})
-    )
+    ds = run_spec(make_spec(tiny_dirs[arch], None, ops, prompts=prompts, backward={"loss": loss}))
     e, a = tok.convert_tokens_to_ids("e"), tok.convert_tokens_to_ids("a")
     for k, row in enumerate(prompts):
 
@@ -286,7 +286,7 @@ def test_expression_loss_and_reduced_gradients(tiny_dirs, tiny_models, run_spec)
             tok,
             row["text"],
             loss_fn,
-            capture={"h1": "model.layers.1", "h0": "model.layers.0"},
+            capture={"h1": f"{layers}.1", "h0": f"{layers}.0"},
         )
         _close(by_id(ds, "g")[k], grads["h1"])
         _close(by_id(ds, "gnorm")[k], grads["h1"].norm(dim=-1))

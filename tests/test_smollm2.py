@@ -173,3 +173,46 @@ def test_expressions_match_nnsight_on_real_weights(smol, tmp_path):
         ref = ref.detach()[0, [-1]]
         got = logits[ids.index(k)]
         torch.testing.assert_close(got, ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4)
+
+
+def test_expression_loss_gradients_on_real_weights(smol, tmp_path):
+    """An expression loss (a log-prob difference) on the real model: the gradient at layer 10
+    against plain autograd on each prompt alone."""
+    path, model, tok = smol
+    prompts = [PROMPT, "Once upon a time, in a small village", "Hi"]
+    paris, rome = (tok(t, add_special_tokens=False)["input_ids"][0] for t in (" Paris", " Rome"))
+    loss = {"expr": "log_softmax(x[-1])[tok(' Paris')] - log_softmax(x[-1])[tok(' Rome')]"}
+    raysight.run(
+        {
+            "model": {"path": str(path)},
+            "data": {"prompts": prompts},
+            "ops": [{"grad": "layers.10.output", "as": "g"}],
+            "backward": {"loss": loss},
+            "output": {"path": str(tmp_path / "o")},
+            "execution": {"runner": "local"},
+        },
+        log=lambda _: None,
+    )
+    ds = raysight.open(tmp_path / "o")
+    ids = ds.table(["example_id"]).column(0).to_pylist()
+    got, kept = ds.to_torch("g"), {}
+
+    def hook(m, a, o):
+        h = o[0] if isinstance(o, tuple) else o
+        h.retain_grad()
+        kept["h"] = h
+
+    for k, prompt in enumerate(prompts):
+        handle = model.model.layers[10].register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                enc = tok(prompt, return_tensors="pt")
+                emb = model.model.embed_tokens(enc["input_ids"]).detach().requires_grad_(True)
+                lp = model(inputs_embeds=emb).logits[0, -1].log_softmax(-1)
+                (lp[paris] - lp[rome]).backward()
+        finally:
+            handle.remove()
+        ref = kept["h"].grad[0]
+        torch.testing.assert_close(
+            got[ids.index(k)], ref, atol=1e-5 * ref.abs().max().item(), rtol=1e-3
+        )
