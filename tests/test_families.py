@@ -2,7 +2,8 @@
 transformers' own config classes): raysight's saved value against a plain PyTorch hook on the raw
 module each prompt alone, and the names against the model's own data flow — each norm's output
 is what the next module reads, a layer's output is its input plus its attention and MLP branches,
-the logit lens of the last layer is the model's logits."""
+resid_mid is its input plus the attention branch, the logit lens at every layer is a hand-written
+lm_head(final_norm(h)), and `logits` is what the model returns."""
 
 from __future__ import annotations
 
