@@ -10,6 +10,7 @@ manifest's checksum: a mean is computed batch by batch; a join holds the column 
 from __future__ import annotations
 
 import hashlib
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -46,7 +47,8 @@ def check_earlier_runs(ops: list[Any]) -> dict[str, dict[str, Any]]:
                 seen[v.dataset] = None
                 continue
             ds = _open(v.dataset)
-            seen[v.dataset] = {"spec_hash": ds.manifest.spec_hash, "manifest": _stamp(v.dataset)}
+            stamp = _stamp(v.dataset, fresh=True)  # the run's fingerprint: never a kept one
+            seen[v.dataset] = {"spec_hash": ds.manifest.spec_hash, "manifest": stamp}
         if seen[v.dataset] is None:
             continue
         problem = _column_problem(v)
@@ -80,9 +82,20 @@ def _open(path: str) -> Dataset:
         raise EarlierRunError(f"dataset {path!r} cannot be read: {e}") from None
 
 
-def _stamp(path: str) -> str:
-    """The manifest's checksum: what a cached column is keyed by."""
-    return hashlib.sha256(Store(path).read_bytes(MANIFEST_FILE)).hexdigest()
+#: path -> (manifest checksum, when it was read): a value is read per row, the manifest at most
+#: once per STAMP_SECONDS (a session's next run sees a rewritten dataset)
+_STAMPS: dict[str, tuple[str, float]] = {}
+STAMP_SECONDS = 2.0
+
+
+def _stamp(path: str, fresh: bool = False) -> str:
+    """The manifest's checksum: what a cached column is keyed by (``fresh``: read it now)."""
+    now = time.monotonic()
+    kept = _STAMPS.get(path)
+    if fresh or kept is None or now - kept[1] > STAMP_SECONDS:
+        kept = (hashlib.sha256(Store(path).read_bytes(MANIFEST_FILE)).hexdigest(), now)
+        _STAMPS[path] = kept
+    return kept[0]
 
 
 def dataset_value(v: DatasetValue, like: torch.Tensor, example_id: Any) -> torch.Tensor:
