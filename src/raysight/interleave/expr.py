@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..spec.expr import check_expr
+from ..spec.expr import check_expr, string_args
 from ..spec.models import ExprValue, FileValue
 from ..spec.values import DatasetValue, NumberField, SaeBinding
 from .sae import Sae, SaeError, load_sae
@@ -48,12 +48,7 @@ def at_sites(value: ExprValue) -> list[str]:
 
 
 def _string_args(value: ExprValue, func: str) -> list[str]:
-    tree = _parsed(value.expr, frozenset(value.let))
-    return [
-        n.args[0].value
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == func
-    ]
+    return string_args(_parsed(value.expr, frozenset(value.let)), func)
 
 
 def evaluate(

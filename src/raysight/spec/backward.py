@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from ._base import Dtype, Positions, ValueSite, _Strict, _value_site, tag_by_key
-from .expr import string_call_names
+from .expr import check_expr, string_args
 from .reduce import Reduce, metric_kind
 from .tokens import FieldRef, TokenRef
 from .values import ExprValue, FileValue, FromValue, NumberField, Value
@@ -106,7 +106,7 @@ class ExprLoss(_Strict):
     @model_validator(mode="after")
     def _checked(self) -> ExprLoss:
         ExprValue(expr=self.expr, let=self.let)  # the same checks as any expression
-        if "at" in string_call_names(self.expr):
+        if string_args(check_expr(self.expr, set(self.let)), "at"):
             raise ValueError("a loss reads its own site: at() is not available in a loss")
         return self
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .sites import SiteError, parse_value_site
 
-__all__ = ["FUNCTIONS", "MAX_DEPTH", "MAX_LENGTH", "ExprError", "check_expr", "string_call_names"]
+__all__ = ["FUNCTIONS", "MAX_DEPTH", "MAX_LENGTH", "ExprError", "check_expr", "string_args"]
 
 #: function -> (least, most positional arguments, keywords it takes)
 FUNCTIONS: dict[str, tuple[int, int, tuple[str, ...]]] = {
@@ -251,15 +251,10 @@ def _negated(node: ast.AST) -> ast.AST:
     return node
 
 
-def string_call_names(text: str) -> set[str]:
-    """The names of the functions an expression calls (for a quick check of where one is used;
-    the text is checked in full elsewhere)."""
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, RecursionError, MemoryError, ValueError):
-        return set()
-    return {
-        n.func.id
+def string_args(tree: ast.Expression, func: str) -> list[str]:
+    """The texts a checked expression passes to ``func`` (tok's tokens, at's sites)."""
+    return [
+        n.args[0].value
         for n in ast.walk(tree)
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-    }
+        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == func
+    ]
