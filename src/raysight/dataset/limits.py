@@ -2,9 +2,10 @@
 time, how close the run came to that stage's own speed, and what to change. ``raysight inspect``
 prints it; measured runs of each kind are in docs/benchmarks.md.
 
-A shard's stages (engine/worker.py) are sequential in the worker except writing, which runs on
-a background thread: the ``write`` stage is only the time the worker waited for it, so a
-write-bound run shows a large ``write`` share, and a writer that keeps up shows almost none.
+A shard's stages (engine/worker.py) are sequential in the worker except encoding and writing,
+which run on the writer's threads: the ``write`` stage is only the time the worker waited for
+them, so a write-bound run shows a large ``write`` share, and a writer that keeps up shows almost
+none. ``encode`` is the encoder threads' busy time, beside the others, so it is not in the shares.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ _ADVICE = {
     "write": (
         "writing",
         "output.format: arrow, 16-bit saves (dtype:) stored as bytes (docs/benchmarks.md, "
-        "writer), fewer saved values or positions, or a faster disk",
+        "writer), more output.encoders when they are busy, fewer saved values or positions, "
+        "or a faster disk",
     ),
-    "encode": ("encoding values into Arrow", "16-bit saves (dtype:), fewer values or positions"),
     "to_host": (
         "copying values off the device",
         "fewer saved values or positions, or a reduce (mean, norm, topk) on the device",
@@ -59,6 +60,7 @@ def limit_lines(shards: list[ShardEntry]) -> list[str]:
     close the shards came to the forward's own speed, and what to change; then any other
     stage that takes a large share."""
     stages = stage_seconds(shards)
+    encoding = stages.pop("encode", 0.0)  # on the writer's threads, beside the rest
     total = sum(stages.values())
     if not total:
         return []
@@ -79,6 +81,6 @@ def limit_lines(shards: list[ShardEntry]) -> list[str]:
     if stages.get("write", 0.0) >= 0.1:
         lines.append(
             f"          waited {stages['write']:.1f} s on the writer, which wrote "
-            f"{written / 1e6:,.1f} MB beside the forward"
+            f"{written / 1e6:,.1f} MB beside the forward; its encoders were busy {encoding:.1f} s"
         )
     return lines

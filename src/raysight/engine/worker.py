@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -76,9 +77,10 @@ class ShardResult:
 
 # Where a shard's time goes. read is reading and checking its input rows; forward includes
 # the ops; to_host is the copy of the saves off the device (on a GPU it also waits for the
-# forward's queued kernels); write is the time the worker was blocked on the background
-# writer, including the final flush, fsync and rename. self_check is the time spent running
-# the rows picked again alone.
+# forward's queued kernels); encode is the writer's encoder threads making record batches
+# (beside the forward, not in its way unless write grows); write is the time the worker was
+# blocked on the writer's queue, including the final flush, fsync and rename. self_check is the
+# time spent running the rows picked again alone.
 STAGES = ("read", "tokenize", "collate", "forward", "to_host", "encode", "write", "self_check")
 
 
@@ -220,6 +222,7 @@ class ShardRunner:
             self.spec.output.compression,
             self.spec.output.row_group_bytes,
             background=True,
+            encoders=self.spec.output.encoders,
         )
         tokens = padded = generated = units_done = 0
         examples: set = set()
@@ -244,11 +247,10 @@ class ShardRunner:
                 new_tokens=self.spec.generate.max_new_tokens if self.spec.generate else 0,
             ):
                 for batch, values in self._run_group([units[i] for i in group], by_id, errors):
-                    t = time.perf_counter()
-                    record = self._record_batch(batch, values)
-                    self._stages["encode"] += time.perf_counter() - t
-                    sink.write(record)
-                    check.keep(record)
+                    if shuffle is None:  # encoded by the writer's threads, in order
+                        sink.write(partial(self._encode_kept, batch, values, check))
+                    else:
+                        sink.write(self._encode_kept(batch, values, check))
                     examples.update(batch.example_ids)
                     tokens += sum(batch.lengths)
                     padded += batch.size * batch.padded_length
@@ -264,6 +266,7 @@ class ShardRunner:
                     f"shard {shard}: every row failed in the model; the first: "
                     f"{self._model_failures[0]}"
                 )
+            writer.drain()  # every batch encoded: the self-check has kept its rows
             try:
                 check.check()
             except SelfCheckError as e:  # the batch changed a row: fail, never write it
@@ -276,6 +279,7 @@ class ShardRunner:
             raise
         truncated = sum(e.truncated for e in encoded)
         self._stages["write"] = writer.write_seconds
+        self._stages["encode"] = writer.encode_seconds
         return ShardResult(
             shard,
             writer.name,
@@ -292,6 +296,12 @@ class ShardRunner:
             check.summary(),
             generated=generated,
         )
+
+    def _encode_kept(self, batch: Batch, values: dict, check: SelfCheck) -> pa.RecordBatch:
+        """The batch's record batch; the self-check keeps the rows it will compare."""
+        record = self._record_batch(batch, values)
+        check.keep(record)
+        return record
 
     def _reruns(self, units: list[list[Encoded]], rows: dict[Any, Row]) -> SelfCheck:
         """Run the units the self-check picks alone (before the batches, so only their batched

@@ -55,6 +55,10 @@ class OutputSpec(_Strict):
     """Compression codec; float activations barely compress, so none is fastest."""
     row_group_bytes: int = Field(128 * 2**20, ge=2**16)
     """Target row-group (Parquet) / record-batch (Arrow) size in bytes."""
+    encoders: int = Field(2, ge=1, le=32)
+    """Threads per actor that turn the saved tensors into Arrow record batches while the next
+    batch runs; one more writes the file and one hashes and syncs it behind. Raise it where
+    all-layer captures keep the host busy (`raysight inspect` names the write stage)."""
     shuffle: ShuffleSpec | None = None
     """Write rows in a seeded random order within a buffer of each shard (SAE training data
     from the per_token layout), instead of batch order, which is sorted by length."""

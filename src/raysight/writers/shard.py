@@ -8,10 +8,14 @@ no object (the upload is never completed), and any object counts only once the d
 written the shard's completion record (dataset/manifest.py). Batches are buffered until about
 ``row_group_bytes`` so row groups are sized in bytes, not rows.
 
-With ``background=True`` each full row group is encoded and written by one helper thread while
-the caller goes on computing the next batches (pyarrow releases the GIL while it encodes and
-writes). At most one row group is in flight and one is filling, so memory stays near
-2 x ``row_group_bytes``; an error in the thread is raised by the next ``write`` or ``commit``.
+``write`` takes a record batch, or a function that makes one from the caller's tensors. With
+``background=True`` the work leaves the caller's thread in three stages: ``encoders`` threads
+turn those functions into record batches (several at once, handed on in the order written),
+one thread writes each full row group into the file (pyarrow releases the GIL while it
+serializes and writes), and on a local disk a third hashes and syncs the file behind it
+(writers/flush.py). Every stage is bounded and blocks the one before it when full, down to the
+caller: nothing is dropped, and memory stays near 2 x ``row_group_bytes`` plus ``2 x encoders``
+batches. An error in any of them is raised by the next ``write`` or ``commit``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from ..dataset.store import Store
+from .flush import Flusher
 
 __all__ = ["OWN_FILE", "ShardWriter", "part_name"]
 
@@ -76,6 +84,7 @@ class ShardWriter:
         compression: str = "none",
         row_group_bytes: int = 128 * 2**20,
         background: bool = False,
+        encoders: int = 1,
     ):
         self.store = directory if isinstance(directory, Store) else Store(directory)
         self.name = part_name(shard, fmt)
@@ -93,7 +102,13 @@ class ShardWriter:
         self._writer: Any = None
         self._pool = ThreadPoolExecutor(1, "raysight-writer") if background else None
         self._inflight: Future | None = None
+        self._encoders = ThreadPoolExecutor(encoders, "raysight-encode") if background else None
+        self._queue: deque[Future] = deque()  # encoding, in the order written
+        self._queue_max = 2 * encoders
+        self._flusher: Flusher | None = None
+        self._lock = threading.Lock()
         self.write_seconds = 0.0  # time the caller spent blocked on writing
+        self.encode_seconds = 0.0  # time spent making record batches, in any thread
         self.sha256: str | None = None  # of the committed file, for the manifest
         self.size = 0  # its bytes
 
@@ -105,6 +120,8 @@ class ShardWriter:
             for stale in self.tmp.parent.glob(f".{self.name}.*.tmp"):
                 stale.unlink(missing_ok=True)
             sink: Any = self.tmp
+            self.tmp.touch()
+            self._flusher = Flusher(self.tmp).start()
         else:
             sink = self._sink = _HashingSink(self.store.open_output(self.name))
         if self.fmt == "parquet":
@@ -128,9 +145,38 @@ class ShardWriter:
             )
         return self
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, batch: pa.RecordBatch | Callable[[], pa.RecordBatch]) -> None:
+        """Add a record batch, or a function that makes one (run by an encoder thread)."""
         if self._writer is None:
             raise RuntimeError("ShardWriter.write before start()")
+        if self._encoders is None:
+            batch = self._encode(batch)
+            t0 = time.perf_counter()
+            self._take(batch)
+        else:
+            t0 = time.perf_counter()
+            self._queue.append(self._encoders.submit(self._encode, batch))
+            while self._queue and (len(self._queue) > self._queue_max or self._queue[0].done()):
+                self._take(self._queue.popleft().result())  # blocks while the queue is full
+        self.write_seconds += time.perf_counter() - t0
+
+    def drain(self) -> None:
+        """Wait until every batch written so far is encoded (and in a row group or queued)."""
+        t0 = time.perf_counter()
+        while self._queue:
+            self._take(self._queue.popleft().result())
+        self.write_seconds += time.perf_counter() - t0
+
+    def _encode(self, batch: pa.RecordBatch | Callable[[], pa.RecordBatch]) -> pa.RecordBatch:
+        if isinstance(batch, pa.RecordBatch):
+            return batch
+        t0 = time.perf_counter()
+        batch = batch()
+        with self._lock:
+            self.encode_seconds += time.perf_counter() - t0
+        return batch
+
+    def _take(self, batch: pa.RecordBatch) -> None:
         self._pending.append(batch)
         self._pending_bytes += batch.nbytes
         self.rows += batch.num_rows
@@ -139,7 +185,6 @@ class ShardWriter:
             self._flush()
 
     def _flush(self) -> None:
-        t0 = time.perf_counter()
         self._wait()
         if self._pending:
             batches, self._pending, self._pending_bytes = self._pending, [], 0
@@ -147,7 +192,6 @@ class ShardWriter:
                 self._write_group(batches)
             else:
                 self._inflight = self._pool.submit(self._write_group, batches)
-        self.write_seconds += time.perf_counter() - t0
 
     def _wait(self) -> None:
         if self._inflight is not None:
@@ -161,12 +205,15 @@ class ShardWriter:
         else:
             for b in table.combine_chunks().to_batches():
                 self._writer.write_batch(b)
+        if self._flusher is not None:
+            self._flusher.advance()
 
     def commit(self) -> Path | str:
         """Finish the file and move it into place atomically (or complete its upload); returns
         where it is (a path, or an object-store URL)."""
-        self._flush()
+        self.drain()
         t0 = time.perf_counter()
+        self._flush()
         self._wait()
         self._writer.close()
         self._writer = None
@@ -176,17 +223,20 @@ class ShardWriter:
             self._shutdown()
             self.write_seconds += time.perf_counter() - t0
             return self.store.url(self.name)
-        with open(self.tmp, "rb") as f:
-            os.fsync(f.fileno())
-            # read back from the page cache: the checksum covers the bytes as they landed
-            self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-        self.size = os.path.getsize(self.tmp)
+        self.sha256, self.size = self._flusher.finish()
+        self._flusher = None
         os.replace(self.tmp, self.final)
         self._shutdown()
         self.write_seconds += time.perf_counter() - t0
         return self.final
 
     def _shutdown(self) -> None:
+        if self._encoders is not None:
+            for f in self._queue:
+                f.cancel()
+            self._queue.clear()
+            self._encoders.shutdown(wait=True)
+            self._encoders = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -202,6 +252,9 @@ class ShardWriter:
         except Exception:
             pass
         self._writer = None
+        if self._flusher is not None:
+            self._flusher.abandon()
+            self._flusher = None
         if self.tmp is not None:
             self.tmp.unlink(missing_ok=True)
         # An upload cannot be aborted through pyarrow: closing it completes it. Its object is
