@@ -23,8 +23,8 @@ _CHUNK = 16 * 2**20
 
 
 class Flusher:
-    def __init__(self, path: Path, sync: bool = True):
-        self.path, self.sync = path, sync
+    def __init__(self, path: Path):
+        self.path = path
         self.digest = hashlib.sha256()
         self.done = 0  # bytes hashed (and synced)
         self._target = 0
@@ -94,7 +94,7 @@ class Flusher:
                 raise OSError(f"{self.path}: ended at {self.done} bytes, expected {target}")
             self.digest.update(data)  # releases the GIL for buffers this size
             self.done += len(data)
-        if self.sync and self.done > start:
+        if self.done > start:
             os.fdatasync(self._fd)
             # on disk now: the pages need not stay in memory (a shard can be tens of GB)
             os.posix_fadvise(self._fd, 0, self.done, os.POSIX_FADV_DONTNEED)
