@@ -52,9 +52,13 @@ def prepare(
     base_dir: str | Path = ".",
     sample_rows: int = RUN_SAMPLE,
     loaded: LoadedModel | None = None,
+    listed: tuple[Source | None, int] | None = None,
 ) -> Prepared:
-    source = input_source(spec.data, base_dir)  # metadata only: the workers read the rows
-    total = total_rows(spec.data, source)
+    """``listed``: the input's source and row count, where the caller has listed them."""
+    if listed is None:  # metadata only: the workers read the rows
+        source = input_source(spec.data, base_dir)
+        listed = source, total_rows(spec.data, source)
+    source, total = listed
     rows, errors = read_range(spec.data, source, 0, min(total, sample_rows), row_fields(spec))
     ids = id_type(rows)
     sample = tensor_sample(spec.data, rows)

@@ -29,7 +29,15 @@ from ..spec.models import Spec
 from ..writers.shard import part_name
 from .signals import as_interrupted, rearm
 
-__all__ = ["ClusterError", "RayRunner", "check_shared_output", "init_ray", "unseen_by"]
+__all__ = [
+    "ClusterError",
+    "RayPool",
+    "RayRunner",
+    "check_shared_output",
+    "init_ray",
+    "unseen_by",
+    "worker_modules",
+]
 
 
 class ClusterError(RaysightError, RuntimeError):
@@ -49,8 +57,9 @@ def _probe(address: str, timeout: float = 5.0) -> None:
         raise ClusterError(f"cannot reach a Ray cluster at {address}: {e}") from None
 
 
-def init_ray(address: str | None, num_cpus: int) -> bool:
-    """Connect to Ray (or start a local instance); True when this call started one."""
+def init_ray(address: str | None, num_cpus: int, preload: list[str] | None = None) -> bool:
+    """Connect to Ray (or start a local instance); True when this call started one. A local
+    instance's workers import ``preload`` as they start, before any actor is placed on them."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -70,6 +79,9 @@ def init_ray(address: str | None, num_cpus: int) -> bool:
             ray.init(address=address, log_to_driver=True, logging_level=level)
         else:
             # A local instance: as many logical CPUs as the actors reserve, at least the cores.
+            # Ray starts a worker per CPU as the driver connects; preloading has them import
+            # torch and transformers while the driver plans, instead of after an actor lands
+            system = {"preload_python_modules": preload} if preload else None
             with _quiet_auth_notice():
                 ray.init(
                     address="local",
@@ -77,6 +89,7 @@ def init_ray(address: str | None, num_cpus: int) -> bool:
                     include_dashboard=False,
                     log_to_driver=True,
                     logging_level=level,
+                    _system_config=system,
                 )
     except (OSError, RuntimeError, ValueError) as e:  # OSError: refused, socket path too long...
         raise ClusterError(
@@ -100,6 +113,35 @@ def _quiet_auth_notice() -> Iterator[None]:
         yield
     finally:
         notice.setLevel(before)
+
+
+def worker_modules(spec: Spec) -> list[str]:
+    """What an actor imports before it can load the model: raysight's worker (torch, pyarrow)
+    and, for a local model directory, the transformers module of its architecture. Only
+    modules that exist: a failed preload logs a traceback from every worker."""
+    import importlib.util
+    import json
+
+    mods = ["raysight.engine.worker"]
+    if spec.model.factory or not spec.model.path:
+        return mods
+    path = spec.model.path
+    try:
+        if path.startswith("bundled:"):  # converted by now (engine/startup.py)
+            from ..models.bundled import converted
+
+            path = converted(path) or ""
+        model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
+        found = importlib.util.find_spec("transformers")  # the package's path, not an import
+    except (OSError, ValueError, KeyError, TypeError, RaysightError):
+        return mods  # a hub id, or no readable config: the load says what is wrong
+    if not isinstance(model_type, str) or found is None or not found.submodule_search_locations:
+        return mods
+    name = model_type.replace("-", "_")
+    root = Path(next(iter(found.submodule_search_locations)))
+    if (root / "models" / name / f"modeling_{name}.py").is_file():
+        mods.append(f"transformers.models.{name}.modeling_{name}")
+    return mods
 
 
 def _check_resources(actors: int, cpus: int, gpus: float) -> None:
@@ -168,51 +210,80 @@ def check_shared_output(path: Path) -> None:
         )
 
 
-class RayRunner:
-    """Shards on a pool of ``execution.actors`` Ray actors, each job to whichever is free."""
+class RayPool:
+    """Ray connected, the cluster checked, and ``n`` actors created, each loading the model as
+    it starts: the driver makes the pool before it plans (engine/startup.py), so Ray's start,
+    the actors' imports and the model load overlap with planning. The plan follows with each
+    job (ShardRunner.run_job says why)."""
 
-    def __init__(self, shards: Any, address: str | None = None):
-        self.shards, self.address = shards, address
+    def __init__(self, spec: Spec, spec_data: dict, n: int, address: str | None = None):
+        import ray
+
+        from .worker import ShardRunner
+
+        ex = spec.execution
+        self.spec, self.spec_data, self.n = spec, spec_data, n
+        self.started = init_ray(address, n * ex.cpus_per_actor, preload=worker_modules(spec))
+        _check_resources(n, ex.cpus_per_actor, ex.gpus_per_actor)
+        if not is_uri(spec.output.path):
+            check_shared_output(Path(spec.output.path))
+        self.actor_cls = ray.remote(ShardRunner).options(
+            num_cpus=ex.cpus_per_actor,
+            num_gpus=ex.gpus_per_actor,
+            max_restarts=2,
+            max_task_retries=2,  # process death: restart, rerun the shard
+        )
+        self.board = _board_class().remote()
+        self.actors = [self.new_actor() for _ in range(n)]
+
+    def new_actor(self) -> Any:
+        # no plan, id type or sample input: the plan comes with each job
+        return self.actor_cls.remote(
+            self.spec_data,
+            None,
+            None,
+            self.spec.execution.cpus_per_actor,
+            allow_code=self.spec.allow_code,
+            plan_later=True,
+            quiet_libraries=not verbose(),
+        )
+
+    def close(self) -> None:
+        """Stop the actors and the board, once (not a local Ray: the process's exit stops
+        it, and a notebook's next run reuses it)."""
+        import ray
+
+        gone, self.actors, self.board = [*self.actors, self.board], [], None
+        if ray.is_initialized():  # not after an interrupted run shut its own Ray down
+            for actor in gone:
+                if actor is not None:
+                    ray.kill(actor, no_restart=True)
+
+
+class RayRunner:
+    """Shards on a pool of ``execution.actors`` Ray actors, each job to whichever is free;
+    ``pool``: one started before planning, else the runner starts its own."""
+
+    def __init__(self, shards: Any, address: str | None = None, pool: RayPool | None = None):
+        self.shards, self.address, self.pool = shards, address, pool
 
     def run(self, jobs: list[Any]) -> None:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
         from .runners import Retries
-        from .worker import ShardRunner
 
         s = self.shards
         spec, ex = s.spec, s.spec.execution
-        n = min(ex.actors, len(jobs))
-        if s.progress is not None:
-            s.progress.stage("connecting to Ray")
-        started = init_ray(self.address, n * ex.cpus_per_actor)
-        _check_resources(n, ex.cpus_per_actor, ex.gpus_per_actor)
-        if not is_uri(spec.output.path):
-            check_shared_output(Path(spec.output.path))
-        actor_cls = ray.remote(ShardRunner).options(
-            num_cpus=ex.cpus_per_actor,
-            num_gpus=ex.gpus_per_actor,
-            max_restarts=2,
-            max_task_retries=2,  # process death: restart, rerun the shard
-        )
-        # Actors get the driver's plan instead of planning again: that saves each actor the meta
-        # model and its planning forwards (seconds of start-up), and every file gets one schema.
-        # It comes with each job (as does the progress board), not to the constructor
-        # (ShardRunner.run_job says why).
+        if self.pool is None:
+            if s.progress is not None:
+                s.progress.stage("connecting to Ray")
+            self.pool = RayPool(spec, s.spec_data, min(ex.actors, len(jobs)), self.address)
+        pool, started = self.pool, self.pool.started
+        board = pool.board if s.progress is not None else None
+        # The actors get the driver's plan instead of planning again: that saves each one the
+        # meta model and its planning forwards, and every file gets one schema.
         plan_ref = ray.put(s.plan)
-        board = _board_class().remote() if s.progress is not None else None
-
-        def new_actor():
-            return actor_cls.remote(
-                s.spec_data,
-                s.id_type,
-                s.sample,
-                ex.cpus_per_actor,
-                allow_code=spec.allow_code,
-                plan_later=True,
-                quiet_libraries=not verbose(),
-            )
 
         def report() -> None:  # the batches the actors wrote since the last look
             if board is not None:
@@ -220,9 +291,8 @@ class RayRunner:
                     s.progress.batch(*event)
                 s.progress.tick()
 
-        pool = [new_actor() for _ in range(n)]
         if s.progress is not None:
-            s.progress.stage(f"loading the model in {n} actor(s)")
+            s.progress.stage(f"loading the model in {pool.n} actor(s)")
         queue = deque(jobs)
         retries = Retries(ex.max_retries, s.failed)
         inflight: dict[Any, tuple[Any, Any]] = {}  # task -> (actor, ShardJob)
@@ -233,7 +303,7 @@ class RayRunner:
                 inflight[actor.run_job.remote(job, plan_ref, board)] = (actor, job)
 
         try:
-            for actor in pool:
+            for actor in pool.actors:
                 dispatch(actor)
             while inflight:
                 ready, _ = ray.wait(list(inflight), num_returns=1, timeout=REPORT_SECONDS)
@@ -246,8 +316,8 @@ class RayRunner:
                 except (RayTaskError, RayActorError) as e:
                     if isinstance(e, RayActorError):  # restarts used up: replace the actor
                         ray.kill(actor, no_restart=True)
-                        replacement = new_actor()
-                        pool[pool.index(actor)] = replacement
+                        replacement = pool.new_actor()
+                        pool.actors[pool.actors.index(actor)] = replacement
                         actor = replacement
                         reason = f"actor died: {e}"
                     else:
@@ -260,16 +330,12 @@ class RayRunner:
                 dispatch(actor)
         except KeyboardInterrupt as e:
             stop = as_interrupted(e)
-            _abandon(pool, inflight, spec)
+            _abandon(pool.actors, inflight, spec)
             if started:  # a local Ray this run started goes with it
                 ray.shutdown()
             raise stop from None
         finally:
-            if ray.is_initialized():  # not after an interrupted run shut its own Ray down
-                for actor in pool:
-                    ray.kill(actor, no_restart=True)
-                if board is not None:
-                    ray.kill(board)
+            pool.close()
 
 
 #: how often the driver collects the actors' batch reports while it waits for a shard

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -50,10 +51,11 @@ from .budget import TokenBudget
 from .fingerprint import changes, fingerprint
 from .ids import IDS_DIR, duplicate_ids, ids_file, write_keys
 from .lock import LOCK_FILE, LockHeld, OutputLock
-from .planning import prepare
+from .planning import Prepared
 from .progress import Progress
 from .runners import Shards, runner_for
 from .signals import Interrupted, interruptible
+from .startup import prepare_and_start
 from .worker import ShardJob, ShardResult
 
 __all__ = ["OutputError", "RunFailed", "RunSummary", "run"]
@@ -240,7 +242,31 @@ def _run_locked(
 
     # earlier runs' datasets the ops read: complete, before any model work
     earlier = check_earlier_runs([op for v in spec.variants for op in (*v.edits, *v.ops)])
-    prepared = prepare(spec, base_dir)  # the input from metadata, a sample of rows, the plan
+    # the input from metadata, a sample of rows, the plan; on Ray, the actors start meanwhile
+    prepared, pool = prepare_and_start(spec, spec_data, base_dir, address, previous is None)
+    try:
+        return _run_planned(
+            spec, spec_data, out, digest, previous, earlier, prepared, pool, log, tty, address, t0
+        )
+    finally:
+        if pool is not None:  # the runner closes it; this is for an error before the runner
+            pool.close()
+
+
+def _run_planned(
+    spec: Spec,
+    spec_data: dict,
+    out: Store,
+    digest: str,
+    previous: Manifest | None,
+    earlier: dict,
+    prepared: Prepared,
+    pool: Any,
+    log: Callable[[str], None],
+    tty: bool,
+    address: str | None,
+    t0: float,
+) -> RunSummary:
     plan, total, ids = prepared.plan, prepared.total, prepared.id_type
     if plan.hooks.skipped:
         log(
@@ -341,7 +367,7 @@ def _run_locked(
                 shards = Shards(
                     spec, spec_data, plan, ids, sample, done, failed, budget.more, progress
                 )
-                runner_for(shards, address).run(todo)
+                runner_for(shards, address, pool).run(todo)
             if not budget.more():  # data.max_tokens reached
                 _cut(out, manifest, budget)
             _check_ids(spec, out, manifest)

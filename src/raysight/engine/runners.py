@@ -86,9 +86,10 @@ class LocalRunner:
                 break
 
 
-def runner_for(shards: Shards, address: str | None = None) -> Runner:
+def runner_for(shards: Shards, address: str | None = None, pool: Any = None) -> Runner:
+    """``pool``: Ray actors started before planning (engine/startup.py), for ``runner: ray``."""
     if shards.spec.execution.runner == "ray":
         from .ray_runner import RayRunner
 
-        return RayRunner(shards, address)
+        return RayRunner(shards, address, pool)
     return LocalRunner(shards)

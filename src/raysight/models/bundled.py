@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import RaysightError
 
-__all__ = ["BUNDLED", "BundledError", "bundled_cache_dir", "resolve_bundled"]
+__all__ = ["BUNDLED", "BundledError", "bundled_cache_dir", "converted", "resolve_bundled"]
 
 # name -> (python package holding the file, file name)
 BUNDLED = {
@@ -47,14 +47,24 @@ def _package_file(name: str) -> Path:
     return path
 
 
+def converted(ref: str) -> Path | None:
+    """The converted directory of ``bundled:<name>``, or None while it is not converted (or
+    the name is unknown): a look that never starts the conversion."""
+    name = ref.removeprefix("bundled:")
+    target = bundled_cache_dir() / name
+    done = (target / "config.json").exists() and (target / "model.safetensors").exists()
+    return target if name in BUNDLED and done else None
+
+
 def resolve_bundled(ref: str) -> str:
     """``bundled:<name>`` -> a local safetensors directory, converting on first use."""
     name = ref.removeprefix("bundled:")
     if name not in BUNDLED:
         raise BundledError(f"unknown bundled model {name!r}; known: {', '.join(BUNDLED)}")
-    target = bundled_cache_dir() / name
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    target = converted(ref)
+    if target is not None:
         return str(target)
+    target = bundled_cache_dir() / name
     gguf = _package_file(name)
     _convert(gguf, target)
     return str(target)
