@@ -120,7 +120,7 @@ def test_submit_hands_the_opt_in_to_the_job_as_a_flag(tmp_path, monkeypatch):
             return "job1"
 
     monkeypatch.setattr(js, "JobSubmissionClient", Client)
-    monkeypatch.setattr("raysight.engine.submit._probe", lambda address: None)
+    monkeypatch.setattr("raysight.engine.submit.probe", lambda address: None)
     monkeypatch.chdir(tmp_path)
     spec = {
         "model": {"factory": "tiny:sequential"},

@@ -57,8 +57,6 @@ def run(
     dict or file (a spec cannot opt in by itself; a builder holding a factory callable has).
     ``source``: a ``pyarrow.dataset.FileSystemDataset``, used as data.source (its files; the
     spec records them)."""
-    from .engine.run import run as _run
-
     spec = _as_spec(spec, allow_code)
     if source is not None:
         from .data.adapters import source_of
@@ -69,6 +67,11 @@ def run(
         data["data"] = {**data["data"], "source": files, "format": fmt}
         data["data"].pop("prompts", None)
         spec = parse_spec(data, allow_code=spec.allow_code)  # validated again, as any spec
+    from .engine.connect import start_early
+
+    start_early(spec, kwargs.get("address"), overwrite)  # Ray starts while the engine imports
+    from .engine.run import run as _run
+
     return _run(spec, overwrite=overwrite, **kwargs)
 
 

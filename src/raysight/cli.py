@@ -359,12 +359,15 @@ def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
             wait=not args.no_wait,
             allow_code=args.allow_code,
         )
-    from .engine.run import run
-
     if args.local:
         spec = spec.model_copy(
             update={"execution": spec.execution.model_copy(update={"runner": "local"})}
         )
+    from .engine.connect import start_early
+
+    start_early(spec, args.address, args.overwrite)  # Ray starts while the engine imports
+    from .engine.run import run
+
     run(spec, overwrite=args.overwrite, address=args.address)  # logs progress to stderr
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..data.readers import input_source, total_rows
 from ..spec.models import Spec
+from .connect import converts
 from .planning import Prepared, prepare
 
 __all__ = ["prepare_and_start"]
@@ -49,21 +50,12 @@ class _Background:
         return self._value
 
 
-def _converts(spec: Spec) -> bool:
-    """Whether loading the model first converts a bundled one (about 30 s, once): planning
-    converts it alone, before the actors start, or each actor would convert it too."""
-    from ..models.bundled import converted
-
-    path = spec.model.path or ""
-    return not spec.model.factory and path.startswith("bundled:") and converted(path) is None
-
-
 def prepare_and_start(
     spec: Spec, spec_data: dict, base_dir: str | Path, address: str | None, fresh: bool
 ) -> tuple[Prepared, Any]:
     """The run's planning, and a started ``RayPool`` (engine/ray_runner.py) where the run
     goes to Ray and is fresh, else None (the runner connects after planning, if at all)."""
-    if spec.execution.runner != "ray" or not fresh or _converts(spec):
+    if spec.execution.runner != "ray" or not fresh or converts(spec):
         return prepare(spec, base_dir), None
     from .ray_runner import RayPool
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ..spec.load import load_spec
-from .ray_runner import ClusterError, _probe
+from .connect import ClusterError, probe
 
 __all__ = ["DEFAULT_EXCLUDES", "submit"]
 
@@ -60,7 +60,7 @@ def submit(
         rel = Path(spec_path).resolve().relative_to(wd)
     except ValueError:
         raise ClusterError(f"the spec {spec_path} is outside --working-dir {wd}") from None
-    _probe(address)
+    probe(address)
     args = ["raysight", "run", rel.as_posix()]
     for item in overrides:
         args += ["--set", item]
