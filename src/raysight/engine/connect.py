@@ -145,7 +145,7 @@ def converts(spec: Spec) -> bool:
 def _resumes(spec: Spec, overwrite: bool) -> bool:
     """A local output that holds a manifest: the run may have nothing left to do (a URI is
     not looked at here; a fresh run is the common case there)."""
-    out = spec.output.path
+    out = spec.output.path  # "://": dataset/store.is_uri, whose module imports pyarrow
     return not overwrite and "://" not in out and (Path(out) / _MANIFEST).is_file()
 
 
@@ -153,7 +153,7 @@ def _import(modules: list[str]) -> None:
     for name in modules:
         try:
             importlib.import_module(name)
-        except Exception:
+        except Exception:  # the main thread imports it again, and reports what is wrong
             return
 
 
