@@ -21,7 +21,15 @@ from ..log import logger, verbose
 from ..spec.models import Spec
 from .signals import rearm
 
-__all__ = ["ClusterError", "converts", "init_ray", "probe", "start_early", "worker_modules"]
+__all__ = [
+    "ClusterError",
+    "converts",
+    "init_ray",
+    "pool_size",
+    "probe",
+    "start_early",
+    "worker_modules",
+]
 
 #: whether the Ray that start_early connected to was started by it, for the run's own init_ray
 _early: list[bool] = []
@@ -142,6 +150,12 @@ def converts(spec: Spec) -> bool:
     return not spec.model.factory and path.startswith("bundled:") and converted(path) is None
 
 
+def pool_size(spec: Spec, rows: int) -> int:
+    """The actors a run of ``rows`` input rows uses: no more than its shards."""
+    ex = spec.execution
+    return min(ex.actors, max(1, -(-rows // ex.shard_rows)))
+
+
 def _resumes(spec: Spec, overwrite: bool) -> bool:
     """A local output that holds a manifest: the run may have nothing left to do (a URI is
     not looked at here; a fresh run is the common case there)."""
@@ -165,9 +179,9 @@ def start_early(spec: Spec, address: str | None = None, overwrite: bool = False)
     if spec.execution.runner != "ray" or _resumes(spec, overwrite) or converts(spec):
         return
     ex = spec.execution
-    actors = ex.actors
-    if spec.data.prompts is not None:  # the pool is no larger than the shards
-        actors = min(actors, max(1, -(-len(spec.data.prompts) // ex.shard_rows)))
+    actors = ex.actors  # a file's row count would need pyarrow: at most execution.actors
+    if spec.data.prompts is not None:
+        actors = pool_size(spec, len(spec.data.prompts))
     preload = worker_modules(spec)
     threading.Thread(
         target=_import, args=(["raysight.engine.run", *preload[1:]],), daemon=True

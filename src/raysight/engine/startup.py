@@ -18,7 +18,7 @@ from typing import Any
 
 from ..data.readers import input_source, total_rows
 from ..spec.models import Spec
-from .connect import converts
+from .connect import converts, pool_size
 from .planning import Prepared, prepare
 
 __all__ = ["prepare_and_start"]
@@ -61,10 +61,9 @@ def prepare_and_start(
 
     source = input_source(spec.data, base_dir)  # the shard count sizes the pool
     total = total_rows(spec.data, source)
-    shards = max(1, -(-total // spec.execution.shard_rows))
     planning = _Background(prepare, spec, base_dir, listed=(source, total))
     try:
-        pool = RayPool(spec, spec_data, min(spec.execution.actors, shards), address)
+        pool = RayPool(spec, spec_data, pool_size(spec, total), address)
     except BaseException:
         planning.result()  # its error, where it has one, is the one to report
         raise
