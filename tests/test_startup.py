@@ -5,6 +5,8 @@ test_ray.py check its results."""
 import importlib
 import json
 
+import pytest
+
 import raysight
 from raysight.engine.connect import converts, worker_modules
 
@@ -112,3 +114,19 @@ def test_a_failed_early_start_is_left_to_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(connect, "_early", [])
     connect.start_early(_ray_spec("org/hub-id", tmp_path / "o"), address="127.0.0.1:1")
     assert connect._early == []  # no error here: the run reports it after planning
+
+
+def test_an_early_start_a_failed_run_did_not_use_is_forgotten(tmp_path, monkeypatch, tiny_dirs):
+    from raysight.engine import connect
+    from raysight.engine.run import run
+    from raysight.interleave.resolve import PlanError
+
+    spec = _ray_spec(str(tiny_dirs["gpt2"]), tmp_path / "o")
+    assert len(_early_calls(monkeypatch, spec)) == 1 and connect._early == [True]
+    bad = _ray_spec(str(tiny_dirs["gpt2"]), tmp_path / "o", "local")
+    bad = bad.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    bad["ops"] = [{"save": "no.such.module.output"}]
+    with pytest.raises(PlanError):  # fails in planning, before any Ray is connected
+        run(raysight.parse_spec(bad), log=lambda _: None)
+    # else a later run in this process would take the Ray it finds for one it started
+    assert connect._early == []

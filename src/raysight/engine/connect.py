@@ -24,6 +24,7 @@ from .signals import rearm
 __all__ = [
     "ClusterError",
     "converts",
+    "forget_early_start",
     "init_ray",
     "pool_size",
     "probe",
@@ -169,6 +170,12 @@ def _import(modules: list[str]) -> None:
             importlib.import_module(name)
         except Exception:  # the main thread imports it again, and reports what is wrong
             return
+
+
+def forget_early_start() -> None:
+    """Drop what start_early left for a run that ended before it connected (a planning error),
+    so a later run in this process does not take the Ray it finds for one it started."""
+    _early.clear()
 
 
 def start_early(spec: Spec, address: str | None = None, overwrite: bool = False) -> None:

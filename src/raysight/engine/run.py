@@ -48,6 +48,7 @@ from ..spec.load import spec_hash, spec_to_dict
 from ..spec.models import Spec
 from ..writers.shard import OWN_FILE
 from .budget import TokenBudget
+from .connect import forget_early_start
 from .fingerprint import changes, fingerprint
 from .ids import IDS_DIR, duplicate_ids, ids_file, write_keys
 from .lock import LOCK_FILE, LockHeld, OutputLock
@@ -207,6 +208,20 @@ def run(
     tty = log is None and sys.stderr.isatty() and logger().isEnabledFor(logging.INFO)
     log = log or logger().info
     try:
+        return _run_output(spec, overwrite, Path(base_dir), log, tty, address)
+    finally:
+        forget_early_start()  # unused when the run failed before it connected
+
+
+def _run_output(
+    spec: Spec,
+    overwrite: bool,
+    base_dir: Path,
+    log: Callable[[str], None],
+    tty: bool,
+    address: str | None,
+) -> RunSummary:
+    try:
         out = Store(spec.output.path)
         if out.local and out.dir.exists() and not out.dir.is_dir():
             raise OutputError(f"output.path {out.uri!r} is a file, not a directory")
@@ -217,7 +232,7 @@ def run(
     except LockHeld as e:
         raise OutputError(str(e)) from None
     try:
-        return _run_locked(spec, out, overwrite, Path(base_dir), log, tty, address)
+        return _run_locked(spec, out, overwrite, base_dir, log, tty, address)
     finally:
         lock.release()
 
