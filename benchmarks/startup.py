@@ -62,7 +62,7 @@ def _api(out: str) -> None:
 
 def _shard_seconds(out: Path) -> float:
     manifest = json.loads((out / "_manifest.json").read_text())
-    return sum(s["seconds"] for s in manifest["shards"])
+    return sum(s["seconds"] for s in manifest["shards"].values())
 
 
 def _one(method: str, src: Path, tmp: Path) -> tuple[float, float]:

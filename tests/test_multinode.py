@@ -94,7 +94,7 @@ def test_a_lost_node_loses_no_row(cluster, tmp_path):
                 runners = [
                     p
                     for p in psutil.process_iter(["cmdline"])
-                    if " ".join(p.info["cmdline"] or []).startswith("ray::ShardRunner")
+                    if " ".join(p.info["cmdline"] or []).startswith("ray::ShardActor")
                 ]
                 hosts = {id(n): n for p in runners if (n := _node_of(p, nodes)) is not None}
                 if len(hosts) >= 2:  # the shards are spread over two nodes

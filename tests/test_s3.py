@@ -165,7 +165,7 @@ def test_killed_actor_and_killed_driver_mid_upload_then_resume(s3, tmp_path):
         actors = [
             p
             for p in psutil.process_iter(["cmdline"])
-            if " ".join(p.info["cmdline"] or []).startswith("ray::ShardRunner")
+            if " ".join(p.info["cmdline"] or []).startswith("ray::ShardActor")
         ]
         assert actors, "no actor to kill"
         actors[0].send_signal(signal.SIGKILL)  # an actor, mid-shard

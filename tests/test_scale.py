@@ -72,7 +72,7 @@ def _shard_runners() -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if cmd.startswith("ray::ShardRunner"):
+        if cmd.startswith("ray::ShardActor"):
             found.append(p)
     return found
 
@@ -113,9 +113,9 @@ def _kill_ray_leftovers(marker: str) -> None:
                 p.kill()
 
 
-@pytest.mark.parametrize("trial", range(2))
-def test_a_killed_driver_is_recovered_by_rerunning(tmp_path, trial):
-    rng = random.Random(100 + trial)
+def test_a_killed_driver_is_recovered_by_rerunning(tmp_path):
+    # one trial: test_signals.py kills a driver too (and checks that no Ray process is left)
+    rng = random.Random(100)
     out = tmp_path / "o"
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump(flaky_spec(out, 24, 0.2, actors=2)))

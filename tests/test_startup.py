@@ -24,16 +24,16 @@ def _spec(path: str):
 
 def test_preload_names_the_architectures_module_and_it_imports(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    mods = worker_modules(_spec(str(tmp_path)))
-    assert mods == ["raysight.engine.worker", "transformers.models.gpt2.modeling_gpt2"]
+    mods = worker_modules(_spec(str(tmp_path)).model)
+    assert mods == ["raysight.engine.actor", "transformers.models.gpt2.modeling_gpt2"]
     for m in mods:  # a name that does not import would log a traceback from every worker
         importlib.import_module(m)
 
 
 def test_preload_leaves_out_what_it_cannot_know(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-arch"}))
-    assert worker_modules(_spec(str(tmp_path))) == ["raysight.engine.worker"]
-    assert worker_modules(_spec("org/hub-id")) == ["raysight.engine.worker"]  # no config here
+    assert worker_modules(_spec(str(tmp_path)).model) == ["raysight.engine.actor"]
+    assert worker_modules(_spec("org/hub-id").model) == ["raysight.engine.actor"]  # no config here
 
 
 def test_an_unconverted_bundled_model_is_planned_before_any_actor(tmp_path, monkeypatch):
@@ -41,14 +41,14 @@ def test_an_unconverted_bundled_model_is_planned_before_any_actor(tmp_path, monk
     spec = _spec("bundled:smollm2-135m-instruct")
     assert converts(spec)
     # nothing in the preload list triggers the conversion (it looks, never converts)
-    assert worker_modules(spec) == ["raysight.engine.worker"]
+    assert worker_modules(spec.model) == ["raysight.engine.actor"]
     assert not any(tmp_path.iterdir())
     done = tmp_path / "models" / "smollm2-135m-instruct"
     done.mkdir(parents=True)
     (done / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (done / "model.safetensors").write_bytes(b"")
     assert not converts(spec)
-    assert worker_modules(spec)[-1] == "transformers.models.llama.modeling_llama"
+    assert worker_modules(spec.model)[-1] == "transformers.models.llama.modeling_llama"
 
 
 def _early_calls(monkeypatch, spec, **kwargs) -> list[tuple]:
@@ -84,7 +84,7 @@ def test_ray_starts_before_the_engine_imports_for_a_fresh_run(tmp_path, monkeypa
     spec = _ray_spec(str(tmp_path), tmp_path / "out", actors=4, shard_rows=2, cpus_per_actor=3)
     calls = _early_calls(monkeypatch, spec, address="127.0.0.1:1")
     # 3 prompts in shards of 2: a pool of 2 actors, not execution.actors' 4
-    assert calls == [("127.0.0.1:1", 6, worker_modules(spec))]
+    assert calls == [("127.0.0.1:1", 6, worker_modules(spec.model))]
     from raysight.engine import connect
 
     assert connect._early == [True]  # the run's own init_ray learns that raysight started it

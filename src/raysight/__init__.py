@@ -75,12 +75,13 @@ def run(
     return _run(spec, overwrite=overwrite, **kwargs)
 
 
-def session():
+def session(model: Any = None, **kwargs: Any):
     """A warm session: ``with raysight.session() as s: s.run(spec)`` keeps the loaded model
-    between runs in this process (see :mod:`raysight.engine.session`)."""
+    between runs, in this process or (``actors=N``) on Ray actors; ``name=`` lets another
+    process attach (see :func:`raysight.engine.session.session` for the arguments)."""
     from .engine.session import session as _session
 
-    return _session()
+    return _session(model, **kwargs)
 
 
 def plan(spec: Any, *, sample_rows: int = 10_000, allow_code: bool = False):

@@ -84,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
         help="run in this process instead of a Ray actor (execution.runner=local)",
     )
     p.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else local Ray)")
+    p.add_argument(
+        "--session",
+        metavar="NAME",
+        help="run on the warm actors of the running session NAME (see `raysight session`)",
+    )
+    p = command(
+        "session",
+        help="start a named warm session: Ray actors that keep the model loaded between runs "
+        "(`raysight run SPEC --session NAME`), until Ctrl-C or SIGTERM",
+    )
+    p.add_argument("name", help="the session's name: letters, digits, - and _")
+    p.add_argument(
+        "--model", required=True, help="model.path: a directory, bundled:NAME, or a hub id"
+    )
+    p.add_argument("--actors", type=int, default=1, help="model replicas (default 1)")
+    p.add_argument("--cpus-per-actor", type=int, default=1, help="CPU cores each (default 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=0, help="GPUs each (default 0)")
+    p.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS, else local Ray)")
     p = command("validate", help="check a spec (and, unless --no-model, its sites)")
     _add_spec_args(p)
     p.add_argument(
@@ -180,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         return _examples(args)
     if args.command == "modules":
         return _modules(args)
+    if args.command == "session":
+        return _serve(args)
     from .engine.signals import Interrupted
 
     try:
@@ -216,6 +236,25 @@ def _dataset_command(args: argparse.Namespace) -> int:
         print(f"{args.path}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
     print(f"{args.path}: OK — every shard done, rows match the manifest, no duplicates or orphans")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .engine.session import serve
+
+    try:
+        serve(
+            args.name,
+            args.model,
+            args.actors,
+            args.cpus_per_actor,
+            args.gpus_per_actor,
+            args.address,
+            say=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except RaysightError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -359,6 +398,14 @@ def _dispatch(args: argparse.Namespace, spec: Spec) -> int:
             wait=not args.no_wait,
             allow_code=args.allow_code,
         )
+    if args.session:
+        if args.local:
+            raise RaysightError("--session runs on the session's Ray actors: drop --local")
+        from .engine.session import session
+
+        with session(name=args.session, address=args.address) as s:
+            s.run(spec, overwrite=args.overwrite)
+        return 0
     if args.local:
         spec = spec.model_copy(
             update={"execution": spec.execution.model_copy(update={"runner": "local"})}

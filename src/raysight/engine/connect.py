@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from ..errors import RaysightError
 from ..log import logger, verbose
-from ..spec.models import Spec
+from ..spec.models import ModelSpec, Spec
 from .signals import rearm
 
 __all__ = [
@@ -113,17 +113,17 @@ def _quiet_auth_notice() -> Iterator[None]:
         notice.setLevel(before)
 
 
-def worker_modules(spec: Spec) -> list[str]:
-    """What an actor imports before it can load the model: raysight's worker (torch, pyarrow)
+def worker_modules(model: ModelSpec) -> list[str]:
+    """What an actor imports before it can load ``model``: raysight's actor (torch, pyarrow)
     and, for a local model directory, the transformers module of its architecture. Only
     modules that exist: a failed preload logs a traceback from every worker."""
     import importlib.util
     import json
 
-    mods = ["raysight.engine.worker"]
-    if spec.model.factory or not spec.model.path:
+    mods = ["raysight.engine.actor"]
+    if model.factory or not model.path:
         return mods
-    path = spec.model.path
+    path = model.path
     try:
         if path.startswith("bundled:"):  # converted by now (engine/startup.py)
             from ..models.bundled import converted
@@ -189,11 +189,17 @@ def start_early(spec: Spec, address: str | None = None, overwrite: bool = False)
     actors = ex.actors  # a file's row count would need pyarrow: at most execution.actors
     if spec.data.prompts is not None:
         actors = pool_size(spec, len(spec.data.prompts))
-    preload = worker_modules(spec)
-    threading.Thread(
+    preload = worker_modules(spec.model)
+    imports = threading.Thread(
         target=_import, args=(["raysight.engine.run", *preload[1:]],), daemon=True
-    ).start()
+    )
+    imports.start()
     try:
         _early[:] = [init_ray(address, actors * ex.cpus_per_actor, preload=preload)]
     except ClusterError as e:
         logger().debug("Ray did not start early (%s); the run connects after planning", e)
+    finally:
+        # The caller imports the same modules next. Two threads importing transformers at
+        # once can fail ("cannot import name 'AutoConfig'"), seen where Ray was already up
+        # and init_ray returned at once; after ray.init's seconds the wait is short.
+        imports.join()

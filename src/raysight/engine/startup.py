@@ -20,6 +20,7 @@ from ..data.readers import input_source, total_rows
 from ..spec.models import Spec
 from .connect import converts, pool_size
 from .planning import Prepared, prepare
+from .pool import session_pool
 
 __all__ = ["prepare_and_start"]
 
@@ -54,16 +55,22 @@ def prepare_and_start(
     spec: Spec, spec_data: dict, base_dir: str | Path, address: str | None, fresh: bool
 ) -> tuple[Prepared, Any]:
     """The run's planning, and a started ``RayPool`` (engine/ray_runner.py) where the run
-    goes to Ray and is fresh, else None (the runner connects after planning, if at all)."""
+    goes to Ray and is fresh, else None (the runner connects after planning, if at all). In
+    a warm session, the session's pool, its actors already started."""
+    kept = session_pool() if spec.execution.runner == "ray" else None
+    if kept is not None:
+        prepared = prepare(spec, base_dir)
+        kept.bind(spec, spec_data)
+        return prepared, kept
     if spec.execution.runner != "ray" or not fresh or converts(spec):
         return prepare(spec, base_dir), None
-    from .ray_runner import RayPool
+    from .pool import RayPool
 
     source = input_source(spec.data, base_dir)  # the shard count sizes the pool
     total = total_rows(spec.data, source)
     planning = _Background(prepare, spec, base_dir, listed=(source, total))
     try:
-        pool = RayPool(spec, spec_data, pool_size(spec, total), address)
+        pool = RayPool.for_run(spec, spec_data, pool_size(spec, total), address)
     except BaseException:
         planning.result()  # its error, where it has one, is the one to report
         raise

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import RaysightError
 from .models import ALLOW_CODE, Spec
@@ -23,6 +23,7 @@ __all__ = [
     "apply_overrides",
     "dump_spec",
     "load_spec",
+    "parse_section",
     "parse_spec",
     "spec_data_hash",
     "spec_hash",
@@ -117,16 +118,17 @@ def _yaml_path(loc: tuple[Any, ...]) -> str:
     return ".".join(out)
 
 
-def _format_errors(err: ValidationError) -> list[str]:
+def _format_errors(err: ValidationError, section: tuple = ()) -> list[str]:
     out: list[str] = []
     for e in err.errors(include_url=False):
-        loc = _yaml_path(e["loc"])
+        where = (*section, *e["loc"])
+        loc = _yaml_path(where)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             # the key itself, however it is spelled (MODEL, data-x, "a key")
-            key = str(e["loc"][-1])
+            key = str(where[-1])
             key = key if key.isidentifier() else repr(key)
-            parent = _yaml_path((*e["loc"][:-1], "_")).removesuffix("_").rstrip(".")
+            parent = _yaml_path((*where[:-1], "_")).removesuffix("_").rstrip(".")
             loc = f"{parent}.{key}" if parent else key
             msg = "unknown key (check the spelling; `raysight schema` lists the keys)"
         line = f"{loc}: {msg}" if loc else msg
@@ -160,6 +162,17 @@ def parse_spec(
         return Spec.model_validate(data, context={ALLOW_CODE: allow_code})
     except ValidationError as e:
         raise SpecError(_format_errors(e), source) from None
+
+
+def parse_section(
+    cls: type[BaseModel], section: str, data: Any, source: str, *, allow_code: bool = False
+) -> Any:
+    """Validate one section of a spec on its own (a warm session's model and execution), its
+    problems named as in a whole spec (``model.path: ...``)."""
+    try:
+        return cls.model_validate(data, context={ALLOW_CODE: allow_code})
+    except ValidationError as e:
+        raise SpecError(_format_errors(e, (section,)), source) from None
 
 
 def load_spec(
