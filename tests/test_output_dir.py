@@ -193,7 +193,7 @@ def test_a_manifest_that_cannot_be_written_is_a_message_and_keeps_what_is_done(
     import errno
 
     from raysight.dataset.store import Store
-    from raysight.engine import run as run_module
+    from raysight.engine.outputs import ManifestSaver
 
     out = tmp_path / "o"
     spec = make_spec(tiny_dirs["gpt2"], out, OPS, execution={"shard_rows": 3})
@@ -204,7 +204,7 @@ def test_a_manifest_that_cannot_be_written_is_a_message_and_keeps_what_is_done(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(store, name, data)
 
-    monkeypatch.setattr(run_module._Saver, "due", lambda self, now: True)  # after every shard
+    monkeypatch.setattr(ManifestSaver, "due", lambda self, now: True)  # after every shard
     monkeypatch.setattr(Store, "write_bytes", full_disk)
     with pytest.raises(OutputError, match=r"cannot write the manifest .*No space left"):
         raysight.run(spec, log=lambda _: None)

@@ -70,6 +70,9 @@ def test_a_session_refuses_bad_arguments_by_name():
 
 def test_a_name_in_use_on_the_cluster_is_refused(ray_local, tiny_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("RAYSIGHT_CACHE", str(tmp_path))
+    with pytest.raises(raysight.RaysightError, match=r"could not load the model: .*not a model"):
+        raysight.session(str(tmp_path / "absent"), actors=1, name="dup")  # said as it starts
+    assert not (tmp_path / "sessions" / "dup.json").exists()
     with raysight.session(tiny_dirs["gpt2"], actors=1, name="dup") as s:
         assert (tmp_path / "sessions" / "dup.json").exists()
         with pytest.raises(raysight.RaysightError, match="'dup' is already running"):

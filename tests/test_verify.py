@@ -112,7 +112,7 @@ def test_the_manifest_and_error_report_are_not_rewritten_per_shard(tmp_path, mon
     manifest is written when the run starts and once as it ends, the error report once, and
     the dataset is whole (every shard's completion record was written as it finished)."""
     from raysight.dataset.store import Store
-    from raysight.engine import run as run_module
+    from raysight.engine.outputs import ManifestSaver
 
     writes: list[str] = []
     real_bytes, real_chunks = Store.write_bytes, Store.write_chunks
@@ -125,7 +125,7 @@ def test_the_manifest_and_error_report_are_not_rewritten_per_shard(tmp_path, mon
         writes.append(name)
         real_chunks(store, name, chunks)
 
-    monkeypatch.setattr(run_module._Saver, "EVERY", 3600.0)
+    monkeypatch.setattr(ManifestSaver, "EVERY", 3600.0)
     monkeypatch.setattr(Store, "write_bytes", count_bytes)
     monkeypatch.setattr(Store, "write_chunks", count_chunks)
     out = tmp_path / "o"

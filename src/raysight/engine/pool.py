@@ -202,6 +202,18 @@ class RayPool:
             self.actors = [a or self.new_actor(i) for i, a in enumerate(self.actors)]
         self.binding = ray.put((uuid.uuid4().hex, spec_data, spec.allow_code))
 
+    def ready(self) -> None:
+        """Wait until every actor has loaded its model (a session's start); a model that does
+        not load is a ClusterError with the actor's reason."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        try:
+            ray.get([a.stats.remote() for a in self.actors if a is not None])
+        except RayActorError as e:  # its last line: the error its __init__ raised
+            reason = str(e).strip().splitlines()[-1]
+            raise ClusterError(f"the session's actors could not load the model: {reason}") from None
+
     def submit(self, actor: Any, job: Any, plan_ref: Any, board: Any) -> Any:
         return actor.run_job.remote(job, plan_ref, board, self.binding)
 

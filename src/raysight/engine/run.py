@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +21,6 @@ import pyarrow as pa
 from .. import __version__
 from ..data.readers import DataError
 from ..dataset.manifest import (
-    MANIFEST_FILE,
     SPEC_FILE,
     Manifest,
     ManifestError,
@@ -32,10 +30,8 @@ from ..dataset.manifest import (
 )
 from ..dataset.records import (
     ERRORS_FILE,
-    RECORDS_DIR,
     adopt_records,
     record_name,
-    write_error_report,
     write_record,
 )
 from ..dataset.store import Store
@@ -46,12 +42,12 @@ from ..log import logger
 from ..models.bundled import resolve_bundled
 from ..spec.load import spec_hash, spec_to_dict
 from ..spec.models import Spec
-from ..writers.shard import OWN_FILE
 from .budget import TokenBudget
 from .connect import forget_early_start
 from .fingerprint import changes, fingerprint
-from .ids import IDS_DIR, duplicate_ids, ids_file, write_keys
-from .lock import LOCK_FILE, LockHeld, OutputLock
+from .ids import duplicate_ids, ids_file, write_keys
+from .lock import LockHeld, OutputLock
+from .outputs import ManifestSaver, OutputError, prepare_output
 from .planning import Prepared
 from .progress import Progress
 from .runners import Shards, runner_for
@@ -60,13 +56,6 @@ from .startup import prepare_and_start
 from .worker import ShardJob, ShardResult
 
 __all__ = ["OutputError", "RunFailed", "RunSummary", "run"]
-
-#: names under _ids/ and _shards/ that raysight writes (and --overwrite may delete)
-OWN_RECORD = re.compile(r"^part-\d{5,}\.(npy|json)$")
-
-
-class OutputError(RaysightError, RuntimeError):
-    """The output path cannot be used (a file, a foreign directory, another spec's dataset)."""
 
 
 class RunFailed(RaysightError, RuntimeError):
@@ -112,79 +101,6 @@ def _versions() -> dict[str, str]:
         "pyarrow": pa.__version__,
         "ray": ray,
     }
-
-
-def _prepare_output(out: Store, digest: str, overwrite: bool) -> Manifest | None:
-    """The existing manifest to resume from, or None for a fresh start."""
-    try:
-        manifest = Manifest.read(out)
-    except ManifestError as e:
-        raise OutputError(
-            f"output.path {out.uri!r}: {e}; choose another path (nothing was deleted)"
-        ) from None
-    if manifest is not None and out.local:  # a killed run may have left unfinished shard files
-        for stale in out.dir.glob(".part-*.tmp"):
-            if OWN_FILE.match(stale.name):
-                stale.unlink()
-    if manifest is None:
-        if any(n for n in out.top_names() if n not in (SPEC_FILE, LOCK_FILE)):
-            raise OutputError(
-                f"output.path {out.uri!r} exists, is not empty and holds no "
-                "raysight dataset; choose another path (nothing was deleted)"
-            )
-        return None
-    if manifest.spec_hash == digest:
-        return manifest
-    if not overwrite:
-        raise OutputError(
-            f"output.path {out.uri!r} holds a dataset of a different spec (hash "
-            f"{manifest.spec_hash} vs {digest}); use another path or --overwrite"
-        )
-    # Only what raysight writes is deleted: its shard files and records by their exact names,
-    # never a directory or another tool's part-* file.
-    for name in out.names():
-        top, _, rest = name.partition("/")
-        own = (not rest and (OWN_FILE.match(top) or top in (MANIFEST_FILE, ERRORS_FILE))) or (
-            top in (IDS_DIR, RECORDS_DIR) and OWN_RECORD.match(rest)
-        )
-        if own:
-            out.delete(name)
-    return None
-
-
-class _Saver:
-    """Writes the manifest, at most about once per ``EVERY`` seconds (and never spending more
-    than a tenth of the run on it) unless forced: every finished shard has its completion
-    record already, which a resume adopts, so a manifest that lags loses nothing, and a run of
-    100,000 shards does not rewrite a growing file 100,000 times. A full or read-only disk
-    becomes an OutputError; the files already committed stay."""
-
-    EVERY = 2.0
-
-    def __init__(self, out: Store, manifest: Manifest):
-        self.out, self.manifest = out, manifest
-        self.last, self.cost = float("-inf"), 0.0
-
-    def __call__(self, write: Callable[[], None] | None = None, force: bool = True) -> None:
-        try:
-            if write is not None:
-                write()
-            now = time.perf_counter()
-            if force or self.due(now):
-                self.manifest.save(self.out)
-                self.last, self.cost = time.perf_counter(), time.perf_counter() - now
-        except OSError as e:
-            raise OutputError(
-                f"output.path {self.out.uri!r}: cannot write the manifest ({e}); the shards "
-                "it already lists are kept, rerun the same command to resume"
-            ) from None
-
-    def due(self, now: float) -> bool:
-        return now - self.last >= max(self.EVERY, 10 * self.cost)
-
-    def report(self) -> None:
-        """The manifest and the error report as the run ends."""
-        self(lambda: write_error_report(self.out, self.manifest))
 
 
 def _jobs(total: int, size: int) -> list[ShardJob]:
@@ -250,7 +166,7 @@ def _run_locked(
     digest = spec_hash(spec)
     spec_data = spec_to_dict(spec)
     try:
-        previous = _prepare_output(out, digest, overwrite)
+        previous = prepare_output(out, digest, overwrite)
         write_json(out, SPEC_FILE, {"spec_hash": digest, "spec": spec_data})
     except OSError as e:  # read-only, no space left...
         raise OutputError(f"output.path {out.uri!r}: cannot write there ({e})") from None
@@ -321,7 +237,7 @@ def _run_planned(
         fingerprint=prints,
     )
     manifest.seal()  # the header checksum is fixed by the first run
-    save = _Saver(out, manifest)
+    save = ManifestSaver(out, manifest)
     save()
 
     budget = TokenBudget(spec.data.max_tokens, manifest.shards)

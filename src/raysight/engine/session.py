@@ -135,6 +135,12 @@ class Session:
             name=self.name,
             keep=True,
         )
+        try:
+            self._pool.ready()  # a model that does not load is said here, before any run
+        except BaseException:
+            self._stop(self._pool)
+            self._pool = None
+            raise
         if self.name is not None:
             import ray
 
@@ -222,6 +228,10 @@ class Session:
             record = _record(self.name)
             if record is not None and record.get("pid") == os.getpid():
                 session_file(self.name).unlink(missing_ok=True)
+        self._stop(pool)
+
+    @staticmethod
+    def _stop(pool: Any) -> None:
         pool.shutdown()
         if pool.started:
             import ray

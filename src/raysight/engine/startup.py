@@ -54,7 +54,7 @@ class _Background:
 def prepare_and_start(
     spec: Spec, spec_data: dict, base_dir: str | Path, address: str | None, fresh: bool
 ) -> tuple[Prepared, Any]:
-    """The run's planning, and a started ``RayPool`` (engine/ray_runner.py) where the run
+    """The run's planning, and a started ``RayPool`` (engine/pool.py) where the run
     goes to Ray and is fresh, else None (the runner connects after planning, if at all). In
     a warm session, the session's pool, its actors already started."""
     kept = session_pool() if spec.execution.runner == "ray" else None
