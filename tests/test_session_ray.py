@@ -66,11 +66,15 @@ def test_a_session_refuses_bad_arguments_by_name():
         raysight.session(actors=1, name="a b")
     with pytest.raises(raysight.RaysightError, match="no raysight session named 'absent'"):
         raysight.session(name="absent")
+    with pytest.raises(raysight.RaysightError, match="gpus_per_actor need actors=N"):
+        raysight.session(gpus_per_actor=1)  # in this process: the setting would be ignored
+    with pytest.raises(raysight.RaysightError, match="address= is for a session on Ray"):
+        raysight.session(address="127.0.0.1:1")
 
 
 def test_a_name_in_use_on_the_cluster_is_refused(ray_local, tiny_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("RAYSIGHT_CACHE", str(tmp_path))
-    with pytest.raises(raysight.RaysightError, match=r"could not load the model: .*not a model"):
+    with pytest.raises(raysight.RaysightError, match=r"absent. is not a model directory"):
         raysight.session(str(tmp_path / "absent"), actors=1, name="dup")  # said as it starts
     assert not (tmp_path / "sessions" / "dup.json").exists()
     with raysight.session(tiny_dirs["gpt2"], actors=1, name="dup") as s:

@@ -260,6 +260,14 @@ class RayPool:
                 ray.kill(actor, no_restart=True)
         self.actors = [None] * self.n
 
+    def detach(self) -> None:
+        """Leave an attached session's actors to their owner; stop this pool's board."""
+        import ray
+
+        board, self.board, self.actors = self.board, None, []
+        if board is not None and ray.is_initialized():
+            ray.kill(board)
+
     def close(self) -> None:
         """The run's end: stop the actors and the board, unless the pool is kept."""
         if not self.keep:

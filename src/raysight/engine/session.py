@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import RaysightError
 from ..spec.load import parse_section, parse_spec
-from ..spec.models import ModelSpec
+from ..spec.models import ALLOW_CODE, ModelSpec
 from ..spec.output import ExecutionSpec
 
 __all__ = ["Session", "SessionError", "serve", "session", "session_file"]
@@ -85,6 +85,10 @@ class Session:
         where = "raysight.session()"
         if name is not None and (not name or not name.replace("-", "").replace("_", "").isalnum()):
             raise SessionError(f"{where}: name {name!r} must be letters, digits, - and _")
+        if actors is None and (cpus_per_actor != 1 or gpus_per_actor):
+            raise SessionError(f"{where}: cpus_per_actor and gpus_per_actor need actors=N")
+        if actors is None and name is None and address is not None:
+            raise SessionError(f"{where}: address= is for a session on Ray: give actors=N")
         self._models: dict | None = {}
         self._pool: Any = None
         self.runs, self.name, self._address, self._owner = 0, name, address, True
@@ -114,11 +118,14 @@ class Session:
         if self._model is not None:
             self._start(self._model, allow_code)
 
-    def _load_here(self, model: ModelSpec) -> None:
+    def _load_here(self, model: ModelSpec, weights: bool = True) -> None:
+        """The model's meta twin, which planning uses, and (``weights``) the model itself."""
         from ..models.loading import kept_models, load_model
 
         with kept_models(self._models):
-            load_model(model)
+            load_model(model, meta=True)
+            if weights:
+                load_model(model)
 
     def _start(self, model: dict, allow_code: bool) -> None:
         """The session's actors, each loading ``model`` as it starts."""
@@ -136,6 +143,10 @@ class Session:
             keep=True,
         )
         try:
+            # while the actors load the model: the driver's imports and the model's meta twin,
+            # or the first run would wait for them after the actors are ready
+            meta = ModelSpec.model_validate(model, context={ALLOW_CODE: allow_code})
+            self._load_here(meta, weights=False)
             self._pool.ready()  # a model that does not load is said here, before any run
         except BaseException:
             self._stop(self._pool)
@@ -222,7 +233,10 @@ class Session:
             self._models.clear()
         self._models = None
         pool, self._pool = self._pool, None
-        if pool is None or not self._owner:
+        if pool is None:
+            return
+        if not self._owner:  # the owner stops the actors; this process's progress board goes
+            pool.detach()
             return
         if self.name is not None:
             record = _record(self.name)
