@@ -17,7 +17,7 @@ if [[ -n "${SMOKE:-}" ]]; then
   PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute, the venv's link kept
   suite=(--device cpu --dtype float32 --batch 2 --seq 32 --batches 2 --batches-all 1)
   writer=(--rows 2000 --width 64 --repeat 1)
-  pipeline=(--gb 0.02 --batch-tokens 256 --repeat 1)
+  pipeline=(--gb 0.02 --batch-tokens 256 --repeat 1 --methods raw,arrow-typed:2,parquet-bytes:2)
 else
   PY=$(command -v python3)
   # what the GPU machine's image lacks travels as wheels (benchmarks/gpu_prepare.sh)
