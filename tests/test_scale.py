@@ -77,7 +77,7 @@ def _shard_runners() -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.parametrize("trial", range(3))
+@pytest.mark.parametrize("trial", range(2))  # two kill times (CI's 20 minutes are nearly full)
 def test_a_killed_actor_is_replaced_and_its_shard_redone(ray_local, tmp_path, trial):
     rng = random.Random(trial)
     killed = []
