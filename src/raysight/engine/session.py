@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RaysightError
+from ..models.bundled import raysight_cache
 from ..spec.load import parse_section, parse_spec
-from ..spec.models import ALLOW_CODE, ModelSpec
+from ..spec.models import ModelSpec
 from ..spec.output import ExecutionSpec
 
 __all__ = ["Session", "SessionError", "serve", "session", "session_file"]
@@ -43,8 +44,7 @@ class SessionError(RaysightError, RuntimeError):
 
 
 def session_file(name: str) -> Path:
-    root = os.environ.get("RAYSIGHT_CACHE") or Path.home() / ".cache" / "raysight"
-    return Path(root) / "sessions" / f"{name}.json"
+    return raysight_cache() / "sessions" / f"{name}.json"
 
 
 def _alive(pid: int) -> bool:
@@ -93,17 +93,15 @@ class Session:
         self._pool: Any = None
         self.runs, self.name, self._address, self._owner = 0, name, address, True
         self._execution: dict = {"runner": "local"}
-        self._model: dict | None = None
         if isinstance(model, str | os.PathLike):
             model = {"path": os.fspath(model)}
         if model is not None:
             spec = parse_section(ModelSpec, "model", model, where, allow_code=allow_code)
-            self._model = spec.model_dump(mode="json", exclude_unset=True)
         if actors is None and name is not None:
             self._attach(name)
             return
         if actors is None:
-            if self._model is not None:  # an in-process session loads its model now
+            if model is not None:  # an in-process session loads its model now
                 self._load_here(spec)
             return
         ex = {"runner": "ray", "actors": actors, "cpus_per_actor": cpus_per_actor}
@@ -115,8 +113,8 @@ class Session:
                 f"a raysight session named {name!r} is already running "
                 f"(see {session_file(name)}); stop it, or choose another name"
             )
-        if self._model is not None:
-            self._start(self._model, allow_code)
+        if model is not None:
+            self._start(spec)
 
     def _load_here(self, model: ModelSpec, weights: bool = True) -> None:
         """The model's meta twin, which planning uses, and (``weights``) the model itself."""
@@ -127,11 +125,13 @@ class Session:
             if weights:
                 load_model(model)
 
-    def _start(self, model: dict, allow_code: bool) -> None:
-        """The session's actors, each loading ``model`` as it starts."""
+    def _start(self, spec: ModelSpec) -> None:
+        """The session's actors, each loading the model ``spec`` names as it starts."""
         from .pool import RayPool
 
         ex = self._execution
+        model = spec.model_dump(mode="json", exclude_unset=True)
+        allow_code = spec.factory is not None or spec.trust_remote_code  # validated with it
         self._pool = RayPool(
             model,
             ex["actors"],
@@ -145,8 +145,7 @@ class Session:
         try:
             # while the actors load the model: the driver's imports and the model's meta twin,
             # or the first run would wait for them after the actors are ready
-            meta = ModelSpec.model_validate(model, context={ALLOW_CODE: allow_code})
-            self._load_here(meta, weights=False)
+            self._load_here(spec, weights=False)
             self._pool.ready()  # a model that does not load is said here, before any run
         except BaseException:
             self._stop(self._pool)
@@ -174,12 +173,12 @@ class Session:
                 f"no raysight session named {name!r} is running on this machine (start one "
                 f"with `raysight session {name} --model ...`)"
             )
-        self._owner, self._execution, self._model = False, record["execution"], record["model"]
+        self._owner, self._execution = False, record["execution"]
         if record.get("auth") and "RAY_AUTH_MODE" not in os.environ:  # read as Ray connects
             os.environ["RAY_AUTH_MODE"] = record["auth"]
         ex = self._execution
         self._pool = RayPool(
-            self._model,
+            record["model"],
             ex["actors"],
             ex["cpus_per_actor"],
             ex["gpus_per_actor"],
@@ -213,7 +212,7 @@ class Session:
         data["execution"] = {**data.get("execution", {}), **self._execution}
         parsed = parse_spec(data, allow_code=as_spec.allow_code)
         if self._execution["runner"] == "ray" and self._pool is None:  # no model given before
-            self._start(parsed.model.model_dump(mode="json", exclude_unset=True), parsed.allow_code)
+            self._start(parsed.model)
         pool = using_pool(self._pool) if self._pool is not None else nullcontext()
         with kept_models(self._models), pool:
             summary = raysight.run(parsed, **kwargs)

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from ..errors import RaysightError
 
-__all__ = ["BUNDLED", "BundledError", "bundled_cache_dir", "converted", "resolve_bundled"]
+__all__ = [
+    "BUNDLED",
+    "BundledError",
+    "bundled_cache_dir",
+    "converted",
+    "raysight_cache",
+    "resolve_bundled",
+]
 
 # name -> (python package holding the file, file name)
 BUNDLED = {
@@ -28,9 +35,13 @@ class BundledError(RaysightError, FileNotFoundError):
     """A bundled model whose package or file is missing."""
 
 
+def raysight_cache() -> Path:
+    """Where raysight keeps what it makes for later: RAYSIGHT_CACHE, else ~/.cache/raysight."""
+    return Path(os.environ.get("RAYSIGHT_CACHE") or Path.home() / ".cache" / "raysight")
+
+
 def bundled_cache_dir() -> Path:
-    root = os.environ.get("RAYSIGHT_CACHE") or Path.home() / ".cache" / "raysight"
-    return Path(root) / "models"
+    return raysight_cache() / "models"
 
 
 def _package_file(name: str) -> Path:
